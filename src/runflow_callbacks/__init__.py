@@ -1,0 +1,79 @@
+"""runflow-callbacks: receive Runflow callbacks safely.
+
+Verify ``Runflow-Signature`` over the raw bytes, parse the verified body into typed models,
+and (in the submodules) receive through ASGI middleware, test with the kit in
+``runflow_callbacks.testing`` and record callbacks exactly once in a store.
+"""
+
+from __future__ import annotations
+
+from runflow_callbacks.errors import (
+    ConfigurationError,
+    InvalidPayloadError,
+    MalformedSignatureError,
+    MissingSignatureError,
+    PayloadTooLargeError,
+    RunflowAPIError,
+    RunflowCallbackError,
+    SignatureMismatchError,
+    StoreError,
+    VerificationError,
+)
+from runflow_callbacks.models import (
+    BatchCallbackDelivery,
+    BatchCallbackPayload,
+    BatchOutput,
+    CallbackAttempt,
+    CallbackDelivery,
+    CallbackPayload,
+    GenericCallbackPayload,
+    RunCallbackDelivery,
+    RunCallbackPayload,
+    parse_callback,
+    parse_delivery_history,
+)
+from runflow_callbacks.verifier import (
+    SIGNATURE_HEADER,
+    IncrementalVerifier,
+    Secret,
+    Verifier,
+    is_valid,
+    sign,
+    verify,
+)
+from runflow_callbacks.wire import dumps_payload
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SIGNATURE_HEADER",
+    "BatchCallbackDelivery",
+    "BatchCallbackPayload",
+    "BatchOutput",
+    "CallbackAttempt",
+    "CallbackDelivery",
+    "CallbackPayload",
+    "ConfigurationError",
+    "GenericCallbackPayload",
+    "IncrementalVerifier",
+    "InvalidPayloadError",
+    "MalformedSignatureError",
+    "MissingSignatureError",
+    "PayloadTooLargeError",
+    "RunCallbackDelivery",
+    "RunCallbackPayload",
+    "RunflowAPIError",
+    "RunflowCallbackError",
+    "Secret",
+    "SignatureMismatchError",
+    "StoreError",
+    "VerificationError",
+    "Verifier",
+    "__version__",
+    "dumps_payload",
+    "is_valid",
+    "parse_callback",
+    "parse_delivery_history",
+    "sign",
+    "verify",
+]

@@ -1,0 +1,156 @@
+"""Every exception runflow-callbacks raises.
+
+::
+
+    RunflowCallbackError                  base of everything below
+    ├── ConfigurationError (ValueError)   bad secrets, options or store URLs given by the caller
+    ├── VerificationError                 the request cannot be trusted (answer 401)
+    │   ├── MissingSignatureError         no Runflow-Signature header, or an empty one
+    │   ├── MalformedSignatureError       not exactly 64 hex digits (``reason`` says why)
+    │   └── SignatureMismatchError        well formed, but no configured secret produced it
+    ├── InvalidPayloadError               verified bytes that are not a JSON object (answer 400)
+    ├── PayloadTooLargeError              a body over ``max_body_bytes`` (answer 413)
+    ├── StoreError                        a backend could not record or read a callback
+    └── RunflowAPIError                   the Runflow API answered an error (client only)
+
+Each level adds attributes, not prose. No exception carries a secret value, a computed
+signature or a payload: messages say *what* failed and how many secrets were tried.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigurationError",
+    "InvalidPayloadError",
+    "MalformedSignatureError",
+    "MissingSignatureError",
+    "PayloadTooLargeError",
+    "RunflowAPIError",
+    "RunflowCallbackError",
+    "SignatureMismatchError",
+    "StoreError",
+    "VerificationError",
+]
+
+
+class RunflowCallbackError(Exception):
+    """Base class of every error raised by runflow-callbacks."""
+
+
+class ConfigurationError(RunflowCallbackError, ValueError):
+    """The caller configured something impossible (an empty secret, a bad store URL...)."""
+
+
+class VerificationError(RunflowCallbackError):
+    """The callback's signature could not be verified; the request must be rejected (401).
+
+    ``code`` is a short machine-readable reason used in HTTP answers and logs.
+    """
+
+    code: str = "verification_failed"
+
+
+class MissingSignatureError(VerificationError):
+    """The request carried no ``Runflow-Signature`` header, or an empty one."""
+
+    code = "missing_signature"
+
+    def __init__(self, message: str = "the Runflow-Signature header is missing or empty") -> None:
+        super().__init__(message)
+
+
+class MalformedSignatureError(VerificationError):
+    """The header is present but is not exactly 64 hexadecimal digits.
+
+    ``reason`` is one of ``"length"``, ``"non_hex"``, ``"non_ascii"``, ``"prefix"``,
+    ``"multiple"``; ``length`` is the trimmed length of what was received (never its content).
+    """
+
+    code = "malformed_signature"
+
+    def __init__(self, reason: str, *, length: int) -> None:
+        self.reason = reason
+        self.length = length
+        super().__init__(_MALFORMED_MESSAGES.get(reason, reason).format(length=length))
+
+
+_MALFORMED_MESSAGES = {
+    "length": "Runflow-Signature must be 64 hex digits, got {length} characters",
+    "non_hex": "Runflow-Signature contains characters that are not hex digits",
+    "non_ascii": "Runflow-Signature contains non-ASCII bytes",
+    "prefix": "Runflow-Signature is a bare hex digest; drop the 'sha256=' style prefix",
+    "multiple": "more than one Runflow-Signature header was sent",
+}
+
+
+class SignatureMismatchError(VerificationError):
+    """The signature is well formed but none of the configured secrets produced it.
+
+    ``secrets_tried`` says how many secrets were tried.
+    """
+
+    code = "signature_mismatch"
+
+    def __init__(self, *, secrets_tried: int) -> None:
+        self.secrets_tried = secrets_tried
+        noun = "secret" if secrets_tried == 1 else "secrets"
+        super().__init__(
+            f"Runflow-Signature does not match the body under any of {secrets_tried} {noun} tried"
+        )
+
+
+class InvalidPayloadError(RunflowCallbackError):
+    """Verified bytes that are not a JSON object of a known shape (answer 400).
+
+    ``errors`` holds pydantic's error list when validation failed (values are not included).
+    """
+
+    code = "invalid_payload"
+
+    def __init__(self, message: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        self.errors = errors or []
+        super().__init__(message)
+
+
+class PayloadTooLargeError(RunflowCallbackError):
+    """A body larger than the configured ``max_body_bytes`` (answer 413)."""
+
+    code = "payload_too_large"
+
+    def __init__(self, *, limit: int, received: int | None = None) -> None:
+        self.limit = limit
+        self.received = received
+        super().__init__(f"callback body exceeds the limit of {limit} bytes")
+
+
+class StoreError(RunflowCallbackError):
+    """A store backend failed to record or read a callback."""
+
+
+class RunflowAPIError(RunflowCallbackError):
+    """The Runflow API answered with an error.
+
+    Carries the HTTP ``status`` and Runflow's error body fields ``code``, ``message`` and
+    ``errors`` (each may be None when the body was not Runflow's error shape).
+    """
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        code: str | None = None,
+        message: str | None = None,
+        errors: Any = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.errors = errors
+        text = f"Runflow API answered {status}"
+        if code:
+            text += f" {code}"
+        if message:
+            text += f": {message}"
+        super().__init__(text)
