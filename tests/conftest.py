@@ -1,0 +1,3 @@
+"""Shared test configuration. Keep fixtures here small and generic."""
+
+from __future__ import annotations
