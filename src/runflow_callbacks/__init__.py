@@ -7,6 +7,7 @@ and (in the submodules) receive through ASGI middleware, test with the kit in
 
 from __future__ import annotations
 
+from runflow_callbacks.asgi import CallbackContext, CallbackMiddleware, get_callback
 from runflow_callbacks.errors import (
     ConfigurationError,
     InvalidPayloadError,
@@ -32,6 +33,7 @@ from runflow_callbacks.models import (
     parse_callback,
     parse_delivery_history,
 )
+from runflow_callbacks.receiver import CallbackReceiver, Outcome
 from runflow_callbacks.verifier import (
     SIGNATURE_HEADER,
     IncrementalVerifier,
@@ -51,14 +53,18 @@ __all__ = [
     "BatchCallbackPayload",
     "BatchOutput",
     "CallbackAttempt",
+    "CallbackContext",
     "CallbackDelivery",
+    "CallbackMiddleware",
     "CallbackPayload",
+    "CallbackReceiver",
     "ConfigurationError",
     "GenericCallbackPayload",
     "IncrementalVerifier",
     "InvalidPayloadError",
     "MalformedSignatureError",
     "MissingSignatureError",
+    "Outcome",
     "PayloadTooLargeError",
     "RunCallbackDelivery",
     "RunCallbackPayload",
@@ -71,6 +77,7 @@ __all__ = [
     "Verifier",
     "__version__",
     "dumps_payload",
+    "get_callback",
     "is_valid",
     "parse_callback",
     "parse_delivery_history",
