@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from runflow_callbacks import CallbackContext, CallbackReceiver, Verifier
 
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 logger = logging.getLogger("examples.starlette_app")
 
 receiver = CallbackReceiver(secrets=Verifier.from_env("RUNFLOW_CALLBACK_SECRETS"))

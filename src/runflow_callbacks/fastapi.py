@@ -1,0 +1,138 @@
+"""FastAPI integration: a dependency that yields the verified callback of a route.
+
+Needs the ``fastapi`` extra (``pip install 'runflow-callbacks[fastapi]'``); the rest of the
+package never imports FastAPI.
+
+::
+
+    from fastapi import Depends, FastAPI
+    from runflow_callbacks import BatchCallbackPayload, CallbackContext
+    from runflow_callbacks.fastapi import CallbackDependency
+
+    app = FastAPI()
+    runflow = CallbackDependency(secrets=["whsec_..."])
+
+    @app.post("/callbacks/runflow")
+    async def batch_done(
+        payload: BatchCallbackPayload = Depends(runflow.payload(BatchCallbackPayload)),
+    ) -> dict[str, str]:
+        return {"status": "processed"}
+
+    @app.post("/callbacks/runflow/raw")
+    async def anything(context: CallbackContext = Depends(runflow)) -> dict[str, str]:
+        return {"status": "processed"}
+
+Rejections use the statuses of :class:`~runflow_callbacks.asgi.CallbackMiddleware` (401, 405,
+413, 400) as FastAPI ``HTTPException`` answers, whose body is
+``{"detail": {"error": code, "detail": text}}``. A payload of another type than the one asked
+for (a run callback on a batch route) is 400 ``unexpected_payload``. When the app also runs
+:class:`~runflow_callbacks.asgi.CallbackMiddleware`, the dependency reuses its context.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, TypeVar
+
+try:
+    from fastapi import HTTPException, Request
+except ImportError:  # pragma: no cover - depends on the installation
+    raise ModuleNotFoundError(
+        "runflow_callbacks.fastapi needs FastAPI: pip install 'runflow-callbacks[fastapi]'"
+    ) from None
+from starlette.requests import ClientDisconnect
+
+from runflow_callbacks.asgi import (
+    STATE_KEY,
+    CallbackContext,
+    CallbackOptions,
+    error_answer,
+    existing_callback,
+    log_outcome,
+    log_rejection,
+)
+from runflow_callbacks.errors import ConfigurationError, RunflowCallbackError
+from runflow_callbacks.models import CallbackPayload
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = ["CallbackDependency"]
+
+P = TypeVar("P", bound=CallbackPayload)
+
+
+class CallbackDependency(CallbackOptions):
+    """A FastAPI dependency: ``Depends(dependency)`` gives the route the verified
+    :class:`~runflow_callbacks.asgi.CallbackContext`; ``Depends(dependency.payload(Model))``
+    gives the typed payload.
+
+    Options (keyword-only) as for :class:`~runflow_callbacks.asgi.CallbackMiddleware`:
+    ``secrets``, ``max_body_bytes`` (default 16 MiB), ``allow_unsigned``, ``clock``. After the
+    dependency ran, ``await request.body()`` in the route still returns the exact bytes.
+    """
+
+    __slots__ = ()
+
+    async def __call__(self, request: Request) -> CallbackContext:
+        """Read, verify and parse the request's callback, or raise the right ``HTTPException``."""
+        known = existing_callback(request.scope)
+        if known is not None:
+            return known
+        if request.method != "POST":
+            raise HTTPException(
+                405,
+                detail={
+                    "error": "method_not_allowed",
+                    "detail": "Runflow callbacks are delivered with POST",
+                },
+                headers={"Allow": "POST"},
+            )
+        started = time.perf_counter()
+        try:
+            reader = self.reader(request.scope["headers"])
+            async for chunk in request.stream():
+                reader.feed(chunk)
+            context = reader.finish()
+        except ClientDisconnect:
+            # Nobody is left to read this answer; it only ends the request without a 500.
+            raise HTTPException(
+                400, detail={"error": "client_disconnected", "detail": "client left"}
+            ) from None
+        except RunflowCallbackError as error:
+            status, content = error_answer(error)
+            log_rejection(error, status, request.headers.get("runflow-request-id"), started)
+            raise HTTPException(status, detail=content) from None
+        request.scope.setdefault("state", {})[STATE_KEY] = context
+        request._body = context.body  # Starlette's cache: request.body() works in the route
+        log_outcome(context, "verified", started)
+        return context
+
+    def payload(self, model: type[P]) -> Callable[[Request], Awaitable[P]]:
+        """A dependency that yields the payload as ``model`` (400 when it is another kind)."""
+        if not _is_payload_model(model):
+            raise ConfigurationError(
+                f"payload() takes a CallbackPayload model such as BatchCallbackPayload, "
+                f"not {model!r}"
+            )
+
+        async def verified_payload(request: Request) -> P:
+            context = await self(request)
+            payload = context.payload
+            if not isinstance(payload, model):
+                raise HTTPException(
+                    400,
+                    detail={
+                        "error": "unexpected_payload",
+                        "detail": f"this route takes a {model.__name__}, "
+                        f"got a {type(payload).__name__} (event {payload.event!r})",
+                    },
+                )
+            return payload
+
+        verified_payload.__name__ = f"runflow_{model.__name__}"
+        return verified_payload
+
+
+def _is_payload_model(model: object) -> bool:
+    return isinstance(model, type) and issubclass(model, CallbackPayload)
