@@ -210,6 +210,8 @@ class CallbackReader:
                     signature = text
                 headers[kept] = text
             elif lowered == _CONTENT_LENGTH:
+                if content_length is not None and content_length != value:
+                    raise InvalidPayloadError("conflicting Content-Length headers")
                 content_length = value
         self.headers = headers
         self.request_id = headers.get("Runflow-Request-Id")
