@@ -59,6 +59,11 @@ _ASCII_WS: Final = " \t\r\n\x0b\x0c"
 _BODY_TYPES: Final = (bytes, bytearray, memoryview)
 
 
+def _keyed_mac(key: bytes) -> _crypto_hmac.HMAC:
+    """The HMAC-SHA256 primitive: a context keyed once, to be ``.copy()``-ed per message."""
+    return _crypto_hmac.HMAC(key, _SHA256)
+
+
 class Secret:
     """A callback secret, with an optional ``id`` (Runflow's secret uuid) and ``label``.
 
@@ -86,7 +91,7 @@ class Secret:
                 "(was it read from a file or environment variable with a trailing newline?)"
             )
         self._value = value
-        self._mac = _crypto_hmac.HMAC(value.encode("utf-8"), _SHA256)
+        self._mac = _keyed_mac(value.encode("utf-8"))
         self.id = id
         self.label = label
         #: Index of this secret in the list it was configured in (set by ``normalize_secrets``).

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-_COMMAND_MODULES = ("runflow_callbacks.cli.signing",)
+_COMMAND_MODULES = ("runflow_callbacks.cli.signing", "runflow_callbacks.cli.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
