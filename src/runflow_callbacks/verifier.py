@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SIGNATURE_HEADER",
+    "Body",
     "IncrementalVerifier",
     "Secret",
     "SecretsInput",
@@ -152,6 +153,9 @@ def _mask(value: str) -> str:
     return f"{prefix}{rest[:shown]}…"
 
 
+Body: TypeAlias = bytes | bytearray | memoryview
+"""Raw body bytes as a web framework hands them over (never a decoded ``str``)."""
+
 SecretsInput: TypeAlias = str | Secret | Sequence[str | Secret]
 """One secret, or several during a rotation (each is tried in the order given)."""
 
@@ -192,7 +196,7 @@ def normalize_secrets(secrets: SecretsInput | Iterable[str | Secret]) -> tuple[S
     return tuple(_one_secret(item)._with_position(i) for i, item in enumerate(items))
 
 
-def sign(body: bytes, secret: str | Secret) -> str:
+def sign(body: Body, secret: str | Secret) -> str:
     """Return the ``Runflow-Signature`` value for ``body``: lowercase hex HMAC-SHA256.
 
     ``sign`` is the exact inverse of :func:`verify`.
@@ -264,7 +268,7 @@ def _parse_signature_slow(signature: object) -> bytes:
     return bytes.fromhex(text)
 
 
-def verify(body: bytes, signature: str | bytes | None, secrets: SecretsInput) -> Secret:
+def verify(body: Body, signature: str | bytes | None, secrets: SecretsInput) -> Secret:
     """Verify ``signature`` over ``body`` with each of ``secrets``; return the one that matched.
 
     Raises :class:`MissingSignatureError`, :class:`MalformedSignatureError` or
@@ -281,7 +285,7 @@ def verify(body: bytes, signature: str | bytes | None, secrets: SecretsInput) ->
     return _verify_digest(body, parse_signature(signature), configured)
 
 
-def _verify_digest(body: bytes, expected: bytes, configured: tuple[Secret, ...]) -> Secret:
+def _verify_digest(body: Body, expected: bytes, configured: tuple[Secret, ...]) -> Secret:
     compare = _std_hmac.compare_digest
     for secret in configured:
         mac = secret._mac.copy()
@@ -291,7 +295,7 @@ def _verify_digest(body: bytes, expected: bytes, configured: tuple[Secret, ...])
     raise SignatureMismatchError(secrets_tried=len(configured))
 
 
-def is_valid(body: bytes, signature: str | bytes | None, secrets: SecretsInput) -> bool:
+def is_valid(body: Body, signature: str | bytes | None, secrets: SecretsInput) -> bool:
     """Return True when :func:`verify` would succeed. Prefer ``verify`` in request handlers."""
     try:
         verify(body, signature, secrets)
@@ -325,7 +329,7 @@ class IncrementalVerifier:
     def secrets(self) -> tuple[Secret, ...]:
         return self._secrets
 
-    def update(self, chunk: bytes) -> None:
+    def update(self, chunk: Body) -> None:
         """Feed the next chunk of the body."""
         if self._digests is not None:
             raise RuntimeError("update() called after verify(): start a new IncrementalVerifier")
@@ -365,11 +369,11 @@ class Verifier:
     def __init__(self, secrets: SecretsInput) -> None:
         self.secrets: tuple[Secret, ...] = normalize_secrets(secrets)
 
-    def verify(self, body: bytes, signature: str | bytes | None) -> Secret:
+    def verify(self, body: Body, signature: str | bytes | None) -> Secret:
         _check_body(body)
         return _verify_digest(body, parse_signature(signature), self.secrets)
 
-    def is_valid(self, body: bytes, signature: str | bytes | None) -> bool:
+    def is_valid(self, body: Body, signature: str | bytes | None) -> bool:
         try:
             self.verify(body, signature)
         except (MissingSignatureError, MalformedSignatureError, SignatureMismatchError):
