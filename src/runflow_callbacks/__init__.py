@@ -8,6 +8,7 @@ and (in the submodules) receive through ASGI middleware, test with the kit in
 from __future__ import annotations
 
 from runflow_callbacks.asgi import CallbackContext, CallbackMiddleware, get_callback
+from runflow_callbacks.client import AsyncRunflowClient, CallbackSecret, RunflowClient
 from runflow_callbacks.errors import (
     ConfigurationError,
     InvalidPayloadError,
@@ -49,6 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SIGNATURE_HEADER",
+    "AsyncRunflowClient",
     "BatchCallbackDelivery",
     "BatchCallbackPayload",
     "BatchOutput",
@@ -58,6 +60,7 @@ __all__ = [
     "CallbackMiddleware",
     "CallbackPayload",
     "CallbackReceiver",
+    "CallbackSecret",
     "ConfigurationError",
     "GenericCallbackPayload",
     "IncrementalVerifier",
@@ -70,6 +73,7 @@ __all__ = [
     "RunCallbackPayload",
     "RunflowAPIError",
     "RunflowCallbackError",
+    "RunflowClient",
     "Secret",
     "SignatureMismatchError",
     "StoreError",

@@ -23,6 +23,7 @@ from runflow_callbacks.testing.factories import (
     payload_for_event,
     run_payload,
 )
+from runflow_callbacks.testing.fake import FakeRunflow, RunningFakeRunflow, serve_fake_runflow
 from runflow_callbacks.testing.requests import (
     REQUEST_ID_HEADER,
     SignedRequest,
@@ -40,7 +41,9 @@ __all__ = [
     "EVENTS",
     "REQUEST_ID_HEADER",
     "RUN_EVENT_STATUS",
+    "FakeRunflow",
     "PayloadFactory",
+    "RunningFakeRunflow",
     "SignedRequest",
     "batch_payload",
     "compact",
@@ -48,6 +51,7 @@ __all__ = [
     "free_port",
     "payload_for_event",
     "run_payload",
+    "serve_fake_runflow",
     "serve_in_thread",
     "signed_request",
     "signed_with",

@@ -1,0 +1,427 @@
+"""A small Runflow API client: callback delivery history, redelivery and callback secrets.
+
+>>> with RunflowClient(api_key="rf_...") as client:  # doctest: +SKIP
+...     for delivery in client.batch_deliveries("0190f2a4-0000-7000-8000-000000000002"):
+...         print(delivery.status_code, [a.status_code for a in delivery.attempts or []])
+
+:class:`RunflowClient` (sync) and :class:`AsyncRunflowClient` share everything but the I/O.
+Errors raise :class:`~runflow_callbacks.errors.RunflowAPIError` with ``status``, ``code``,
+``message`` and ``errors``; ``status`` is 0 when no HTTP answer came at all (the network failed
+on every attempt). 5xx, 429 and network errors are retried with exponential backoff and jitter
+(at most ``max_attempts``, default 5); other 4xx never are. ``Retry-After`` (seconds) is
+honoured up to ``backoff_max_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from uuid import UUID
+
+import httpx
+from pydantic import AwareDatetime, BaseModel, ConfigDict, SecretStr, ValidationError
+
+from runflow_callbacks.errors import ConfigurationError, InvalidPayloadError, RunflowAPIError
+from runflow_callbacks.models import (
+    BatchCallbackDelivery,
+    RunCallbackDelivery,
+    parse_delivery_history,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "AsyncRunflowClient",
+    "CallbackSecret",
+    "RunflowClient",
+]
+
+DEFAULT_BASE_URL: Final = "https://api.runflow.io"
+API_KEY_ENV: Final = "RUNFLOW_API_KEY"
+_RETRYABLE: Final = frozenset({429, 500, 502, 503, 504})
+_SyncSelf = TypeVar("_SyncSelf", bound="RunflowClient")
+_AsyncSelf = TypeVar("_AsyncSelf", bound="AsyncRunflowClient")
+_Kind = Literal["batch", "run"]
+_PLURAL: Final[dict[_Kind, str]] = {"batch": "batches", "run": "runs"}
+
+
+class CallbackSecret(BaseModel):
+    """A callback secret (spec section 6). ``plain_secret`` is set only in the create answer.
+
+    Its value never shows in ``repr()``; read it with ``secret.plain_secret.get_secret_value()``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    id: UUID | None = None
+    org_id: UUID | None = None
+    key_prefix: str | None = None
+    is_current: bool | None = None
+    label: str | None = None
+    disabled_at: AwareDatetime | None = None
+    last_used_at: AwareDatetime | None = None
+    created_at: AwareDatetime | None = None
+    updated_at: AwareDatetime | None = None
+    plain_secret: SecretStr | None = None
+
+
+class _ClientBase:
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str,
+        organization_id: str | None,
+        timeout_s: float,
+        connect_timeout_s: float,
+        max_attempts: int,
+        backoff_base_s: float,
+        backoff_max_s: float,
+        rng: random.Random | None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        if not key or not key.strip():
+            raise ConfigurationError(
+                f"a Runflow API key is required: pass api_key= or set {API_KEY_ENV}"
+            )
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigurationError("base_url must start with http:// or https://")
+        if max_attempts < 1:
+            raise ConfigurationError("max_attempts must be at least 1")
+        if timeout_s <= 0 or connect_timeout_s <= 0:
+            raise ConfigurationError("timeouts must be positive")
+        self.base_url = base_url.rstrip("/")
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter, not crypto
+        self._headers = {"Authorization": f"Bearer {key.strip()}", "Accept": "application/json"}
+        if organization_id:
+            self._headers["X-Organization-Id"] = organization_id
+        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    def backoff_s(self, attempt: int, response: httpx.Response | None = None) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, jittered.
+
+        The delay is ``min(backoff_max_s, backoff_base_s * 2**(attempt-1))`` scaled by a random
+        factor in [0.5, 1); a numeric ``Retry-After`` overrides it (capped the same way).
+        """
+        if response is not None:
+            retry_after = response.headers.get("retry-after", "")
+            try:
+                return min(self.backoff_max_s, max(0.0, float(retry_after)))
+            except ValueError:
+                pass
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** (attempt - 1))
+        return ceiling * (0.5 + self._rng.random() / 2)
+
+    @staticmethod
+    def _id(what: str, value: str | UUID) -> str:
+        text = str(value).strip()
+        if not text or any(char in text for char in "/?#% "):
+            raise ConfigurationError(f"{what} id must be a plain id, got {str(value)!r}")
+        return text
+
+    @classmethod
+    def _path(cls, kind: _Kind, subject_id: str | UUID, suffix: str) -> str:
+        return f"/v1/{_PLURAL[kind]}/{cls._id(kind, subject_id)}/{suffix}"
+
+    @classmethod
+    def _secret_path(cls, secret_id: str | UUID) -> str:
+        return f"/v1/callback-secrets/{cls._id('callback secret', secret_id)}"
+
+    @staticmethod
+    def _raise_for_status(response: httpx.Response) -> None:
+        if response.is_success:
+            return
+        code = message = errors = None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            code = body.get("code") if isinstance(body.get("code"), str) else None
+            message = body.get("message") if isinstance(body.get("message"), str) else None
+            errors = body.get("errors")
+        raise RunflowAPIError(
+            status=response.status_code, code=code, message=message, errors=errors
+        )
+
+    @staticmethod
+    def _network_error(exc: httpx.TransportError) -> RunflowAPIError:
+        code = "timeout" if isinstance(exc, httpx.TimeoutException) else "network_error"
+        return RunflowAPIError(
+            status=0, code=code, message=f"no answer from the Runflow API ({type(exc).__name__})"
+        )
+
+    @staticmethod
+    def _history(response: httpx.Response, kind: _Kind) -> list[Any]:
+        return list(parse_delivery_history(response.content, kind=kind))
+
+    @staticmethod
+    def _delivery(response: httpx.Response, kind: _Kind) -> Any:
+        model = BatchCallbackDelivery if kind == "batch" else RunCallbackDelivery
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise InvalidPayloadError(
+                f"the Runflow API answered an unexpected delivery record ({exc.error_count()} "
+                "errors)"
+            ) from None
+
+    @staticmethod
+    def _secret(response: httpx.Response) -> CallbackSecret:
+        try:
+            return CallbackSecret.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise InvalidPayloadError(
+                f"the Runflow API answered an unexpected callback secret ({exc.error_count()} "
+                "errors)"
+            ) from None
+
+    @staticmethod
+    def _patch_body(label: str | None, is_current: bool | None) -> bytes:
+        body: dict[str, Any] = {}
+        if label is not None:
+            body["label"] = label
+        if is_current is not None:
+            body["is_current"] = is_current
+        if not body:
+            raise ConfigurationError("update_callback_secret needs label= or is_current=")
+        return json.dumps(body).encode()
+
+
+class RunflowClient(_ClientBase):
+    """Synchronous Runflow API client (httpx).
+
+    ``api_key`` defaults to ``$RUNFLOW_API_KEY``; ``organization_id`` is sent as
+    ``X-Organization-Id``. ``timeout_s`` bounds each read/write/pool wait and
+    ``connect_timeout_s`` each connect. ``sleep`` and ``rng`` make the backoff testable;
+    ``transport`` replaces httpx's transport.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str = DEFAULT_BASE_URL,
+        organization_id: str | None = None,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+        max_attempts: int = 5,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 8.0,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            api_key=api_key,
+            base_url=base_url,
+            organization_id=organization_id,
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            max_attempts=max_attempts,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+            rng=rng,
+        )
+        self._sleep = sleep
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self._timeout,
+            transport=transport,
+        )
+
+    def __enter__(self: _SyncSelf) -> _SyncSelf:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def _request(self, method: str, path: str, *, content: bytes | None = None) -> httpx.Response:
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = self._http.request(method, path, content=content, headers=headers)
+            except httpx.TransportError as exc:
+                if attempt == self.max_attempts:
+                    raise self._network_error(exc) from None
+                self._sleep(self.backoff_s(attempt))
+                continue
+            if response.status_code in _RETRYABLE and attempt < self.max_attempts:
+                self._sleep(self.backoff_s(attempt, response))
+                continue
+            self._raise_for_status(response)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def batch_deliveries(self, batch_id: str | UUID) -> list[BatchCallbackDelivery]:
+        """The callback deliveries of a batch, attempts included."""
+        response = self._request("GET", self._path("batch", batch_id, "callback"))
+        return self._history(response, "batch")
+
+    def run_deliveries(self, run_id: str | UUID) -> list[RunCallbackDelivery]:
+        """The callback deliveries of a run, attempts included."""
+        response = self._request("GET", self._path("run", run_id, "callback"))
+        return self._history(response, "run")
+
+    def redeliver_batch(self, batch_id: str | UUID) -> BatchCallbackDelivery:
+        """Ask Runflow to deliver a batch's callback again; returns the new delivery."""
+        response = self._request("POST", self._path("batch", batch_id, "callback-redeliveries"))
+        result: BatchCallbackDelivery = self._delivery(response, "batch")
+        return result
+
+    def redeliver_run(self, run_id: str | UUID) -> RunCallbackDelivery:
+        """Ask Runflow to deliver a run's callback again (payload rebuilt from the run)."""
+        response = self._request("POST", self._path("run", run_id, "callback-redeliveries"))
+        result: RunCallbackDelivery = self._delivery(response, "run")
+        return result
+
+    def create_callback_secret(self, *, label: str | None = None) -> CallbackSecret:
+        """Create a callback secret; the answer is the only one carrying ``plain_secret``."""
+        body = json.dumps({"label": label} if label is not None else {}).encode()
+        return self._secret(self._request("POST", "/v1/callback-secrets", content=body))
+
+    def get_callback_secret(self, secret_id: str | UUID) -> CallbackSecret:
+        """A callback secret's record (without its value)."""
+        return self._secret(self._request("GET", self._secret_path(secret_id)))
+
+    def update_callback_secret(
+        self, secret_id: str | UUID, *, label: str | None = None, is_current: bool | None = None
+    ) -> CallbackSecret:
+        """Rename a callback secret or promote it to current (``is_current=True``)."""
+        body = self._patch_body(label, is_current)
+        return self._secret(self._request("PATCH", self._secret_path(secret_id), content=body))
+
+
+class AsyncRunflowClient(_ClientBase):
+    """Asynchronous twin of :class:`RunflowClient`, with the same options and methods."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str = DEFAULT_BASE_URL,
+        organization_id: str | None = None,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+        max_attempts: int = 5,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 8.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            api_key=api_key,
+            base_url=base_url,
+            organization_id=organization_id,
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            max_attempts=max_attempts,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+            rng=rng,
+        )
+        self._sleep = sleep
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self._timeout,
+            transport=transport,
+        )
+
+    async def __aenter__(self: _AsyncSelf) -> _AsyncSelf:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _request(
+        self, method: str, path: str, *, content: bytes | None = None
+    ) -> httpx.Response:
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = await self._http.request(method, path, content=content, headers=headers)
+            except httpx.TransportError as exc:
+                if attempt == self.max_attempts:
+                    raise self._network_error(exc) from None
+                await self._sleep(self.backoff_s(attempt))
+                continue
+            if response.status_code in _RETRYABLE and attempt < self.max_attempts:
+                await self._sleep(self.backoff_s(attempt, response))
+                continue
+            self._raise_for_status(response)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def batch_deliveries(self, batch_id: str | UUID) -> list[BatchCallbackDelivery]:
+        """The callback deliveries of a batch, attempts included."""
+        response = await self._request("GET", self._path("batch", batch_id, "callback"))
+        return self._history(response, "batch")
+
+    async def run_deliveries(self, run_id: str | UUID) -> list[RunCallbackDelivery]:
+        """The callback deliveries of a run, attempts included."""
+        response = await self._request("GET", self._path("run", run_id, "callback"))
+        return self._history(response, "run")
+
+    async def redeliver_batch(self, batch_id: str | UUID) -> BatchCallbackDelivery:
+        """Ask Runflow to deliver a batch's callback again; returns the new delivery."""
+        path = self._path("batch", batch_id, "callback-redeliveries")
+        result: BatchCallbackDelivery = self._delivery(await self._request("POST", path), "batch")
+        return result
+
+    async def redeliver_run(self, run_id: str | UUID) -> RunCallbackDelivery:
+        """Ask Runflow to deliver a run's callback again (payload rebuilt from the run)."""
+        path = self._path("run", run_id, "callback-redeliveries")
+        result: RunCallbackDelivery = self._delivery(await self._request("POST", path), "run")
+        return result
+
+    async def create_callback_secret(self, *, label: str | None = None) -> CallbackSecret:
+        """Create a callback secret; the answer is the only one carrying ``plain_secret``."""
+        body = json.dumps({"label": label} if label is not None else {}).encode()
+        return self._secret(await self._request("POST", "/v1/callback-secrets", content=body))
+
+    async def get_callback_secret(self, secret_id: str | UUID) -> CallbackSecret:
+        """A callback secret's record (without its value)."""
+        return self._secret(await self._request("GET", self._secret_path(secret_id)))
+
+    async def update_callback_secret(
+        self, secret_id: str | UUID, *, label: str | None = None, is_current: bool | None = None
+    ) -> CallbackSecret:
+        """Rename a callback secret or promote it to current (``is_current=True``)."""
+        body = self._patch_body(label, is_current)
+        return self._secret(
+            await self._request("PATCH", self._secret_path(secret_id), content=body)
+        )

@@ -1,0 +1,243 @@
+"""The fake Runflow's records: batches, runs, callback secrets, deliveries and their attempts.
+
+Records serialize to exactly the JSON Runflow's API answers (spec sections 3 and 6). All of them
+live in one :class:`FakeState` owned by the event loop that serves the fake; nothing here does
+I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from runflow_callbacks.wire import payload_to_dict
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+__all__ = [
+    "DELIVERY_STATES",
+    "FAILURE_REASONS",
+    "IN_FLIGHT_STATES",
+    "Attempt",
+    "CallbackSecretRecord",
+    "Delivery",
+    "FakeState",
+    "Subject",
+]
+
+Kind = Literal["batch", "run"]
+
+#: Delivery ``status_code`` values (Runflow leaves them undocumented; these are ours):
+#: ``pending`` waits for its next attempt (``next_attempt_at``), ``delivering`` has an attempt
+#: in progress, ``succeeded`` got a 2xx, ``failed`` gave up after ``max_attempts``.
+DELIVERY_STATES: Final = ("pending", "delivering", "succeeded", "failed")
+IN_FLIGHT_STATES: Final = frozenset({"pending", "delivering"})
+#: ``failure_reason_code`` values of the last failed attempt.
+FAILURE_REASONS: Final = ("http_error", "timeout", "connection_error")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+@dataclass
+class Subject:
+    """A finished batch or run, with the payload fields its callback is built from."""
+
+    kind: Kind
+    id: uuid.UUID
+    callback_url: str | None
+    payload: dict[str, Any]
+    deliveries: list[Delivery] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record answered by ``POST /_fake/batches`` and ``POST /_fake/runs``."""
+        payload = payload_to_dict(self.payload)
+        return {
+            "id": str(self.id),
+            "callback_url": self.callback_url,
+            **{
+                key: _iso(value) if hasattr(value, "isoformat") else value
+                for key, value in payload.items()
+                if key not in {"run_id", "batch_id"}
+            },
+        }
+
+    def in_flight(self) -> Delivery | None:
+        """The delivery still pending or delivering, if any."""
+        for delivery in self.deliveries:
+            if delivery.status_code in IN_FLIGHT_STATES:
+                return delivery
+        return None
+
+
+@dataclass
+class Attempt:
+    """One HTTP attempt of a delivery."""
+
+    id: uuid.UUID
+    delivery_id: uuid.UUID
+    attempt_number: int
+    created_at: datetime
+    status_code: int | None = None
+    response_body: str | None = None
+    response_time_ms: int | None = None
+    error_message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The attempt record of spec section 3, exactly."""
+        return {
+            "id": str(self.id),
+            "delivery_id": str(self.delivery_id),
+            "attempt_number": self.attempt_number,
+            "status_code": self.status_code,
+            "response_body": self.response_body,
+            "response_time_ms": self.response_time_ms,
+            "error_message": self.error_message,
+            "created_at": _iso(self.created_at),
+        }
+
+
+@dataclass
+class Delivery:
+    """One delivery of a callback (automatic, or a manual redelivery) and its attempts."""
+
+    id: uuid.UUID
+    subject: Subject
+    callback_url: str
+    payload_bytes: bytes
+    signing_secret_id: uuid.UUID | None
+    is_automatic: bool
+    max_attempts: int
+    created_at: datetime
+    updated_at: datetime
+    status_code: str = "pending"
+    failure_reason_code: str | None = None
+    failure_detail: str | None = None
+    next_attempt_at: datetime | None = None
+    completed_at: datetime | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def attempt_count(self) -> int:
+        """How many attempts were made so far."""
+        return len(self.attempts)
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether more attempts may still come."""
+        return self.status_code in IN_FLIGHT_STATES
+
+    def to_json(self) -> dict[str, Any]:
+        """The delivery record of spec section 3, exactly (attempts included)."""
+        return {
+            "id": str(self.id),
+            f"{self.subject.kind}_id": str(self.subject.id),
+            "callback_url": self.callback_url,
+            "payload_bytes": self.payload_bytes.decode("utf-8"),
+            "payload": json.loads(self.payload_bytes),
+            "signing_secret_id": None
+            if self.signing_secret_id is None
+            else str(self.signing_secret_id),
+            "is_automatic": self.is_automatic,
+            "status_code": self.status_code,
+            "failure_reason_code": self.failure_reason_code,
+            "failure_detail": self.failure_detail,
+            "attempt_count": self.attempt_count,
+            "max_attempts": self.max_attempts,
+            "next_attempt_at": _iso(self.next_attempt_at),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "completed_at": _iso(self.completed_at),
+            "attempts": [attempt.to_json() for attempt in self.attempts],
+        }
+
+
+@dataclass
+class CallbackSecretRecord:
+    """A callback secret of the organization. ``plain_secret`` leaves only in the create answer."""
+
+    id: uuid.UUID
+    org_id: uuid.UUID
+    plain_secret: str = field(repr=False)
+    label: str | None
+    is_current: bool
+    created_at: datetime
+    updated_at: datetime
+    disabled_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+    @property
+    def key_prefix(self) -> str:
+        """The first characters of the secret, as Runflow shows them to tell secrets apart."""
+        return self.plain_secret[:12]
+
+    def to_json(self, *, reveal: bool = False) -> dict[str, Any]:
+        """The record of spec section 6; ``plain_secret`` only when ``reveal`` (on creation)."""
+        data: dict[str, Any] = {
+            "id": str(self.id),
+            "org_id": str(self.org_id),
+            "key_prefix": self.key_prefix,
+            "is_current": self.is_current,
+            "label": self.label,
+            "disabled_at": _iso(self.disabled_at),
+            "last_used_at": _iso(self.last_used_at),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+        if reveal:
+            data["plain_secret"] = self.plain_secret
+        return data
+
+
+@dataclass
+class FakeState:
+    """Everything the fake Runflow knows about one organization."""
+
+    org_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    subjects: dict[tuple[Kind, uuid.UUID], Subject] = field(default_factory=dict)
+    secrets: dict[uuid.UUID, CallbackSecretRecord] = field(default_factory=dict)
+
+    def current_secret(self) -> CallbackSecretRecord | None:
+        """The secret new deliveries are signed with (None: the org has none, send unsigned)."""
+        for record in self.secrets.values():
+            if record.is_current and record.disabled_at is None:
+                return record
+        return None
+
+    def add_secret(
+        self, *, now: datetime, label: str | None = None, plain_secret: str | None = None
+    ) -> CallbackSecretRecord:
+        """Create a secret; it becomes current when the organization has no current one yet."""
+        record = CallbackSecretRecord(
+            id=uuid.uuid4(),
+            org_id=self.org_id,
+            plain_secret=plain_secret or f"whsec_{secrets.token_urlsafe(32)}",
+            label=label,
+            is_current=self.current_secret() is None,
+            created_at=now,
+            updated_at=now,
+        )
+        self.secrets[record.id] = record
+        return record
+
+    def promote(self, record: CallbackSecretRecord, *, now: datetime) -> None:
+        """Make ``record`` the current secret (the previous one stays valid, no longer current)."""
+        for other in self.secrets.values():
+            if other.is_current and other is not record:
+                other.is_current = False
+                other.updated_at = now
+        record.is_current = True
+        record.updated_at = now
+
+    def subject(self, kind: Kind, subject_id: str) -> Subject | None:
+        """The batch or run with that id (None for an unknown or malformed id)."""
+        try:
+            key = uuid.UUID(subject_id)
+        except ValueError:
+            return None
+        return self.subjects.get((kind, key))
