@@ -106,6 +106,19 @@ async def test_many_small_chunks_are_verified_as_they_arrive() -> None:
     assert result.receive_calls == len(chunks) + 1  # + the app's wait for http.disconnect
 
 
+@pytest.mark.parametrize("position", [0, 500, -1])
+async def test_a_flipped_byte_in_any_chunk_is_a_mismatch(position: int) -> None:
+    body = batch_body(metadata={"note": "x" * 1000})
+    tampered = bytearray(body)
+    tampered[position] ^= 0x01
+    chunks = [bytes(tampered[i : i + 300]) for i in range(0, len(tampered), 300)]
+    app = RecordingApp()
+    result = await drive(middleware(app), chunks=chunks, headers=signed(body))
+    assert result.status == 401
+    assert result.json()["error"] == "signature_mismatch"
+    assert app.seen == []
+
+
 async def test_rotation_accepts_each_configured_secret_and_names_it() -> None:
     secrets = [Secret(SECRET, label="old", id="s-1"), Secret(OTHER_SECRET, label="new")]
     app = RecordingApp()

@@ -177,11 +177,13 @@ class CallbackReader:
     """
 
     __slots__ = (
-        "_chunks",
+        "_buffer",
         "_clock",
+        "_first",
         "_incremental",
         "_limit",
         "_signature",
+        "_verifier",
         "headers",
         "received",
         "request_id",
@@ -217,16 +219,21 @@ class CallbackReader:
         self.request_id = headers.get("Runflow-Request-Id")
         self._limit = max_body_bytes
         self._clock = clock
-        self._chunks: list[bytes] = []
+        # A callback of one chunk (the usual case) is kept as is and verified in one call when
+        # it completes. From the second chunk on, every chunk goes to the incremental verifier
+        # as it arrives and to one growing buffer, so a large body is held once plus one copy
+        # at the end, never as a list of chunks plus their join.
+        self._first = b""
+        self._buffer: bytearray | None = None
+        self._incremental: IncrementalVerifier | None = None
         self.received = 0
         if signature is None:
             if not allow_unsigned:
                 raise MissingSignatureError
-            self._incremental: IncrementalVerifier | None = None
         else:
             parse_signature(signature)  # reject a malformed header before reading the body
-            self._incremental = verifier.incremental()
         self._signature = signature
+        self._verifier = verifier
         if content_length is not None:
             stripped = content_length.strip()
             if not stripped.isdigit():
@@ -240,20 +247,36 @@ class CallbackReader:
             return
         self.received += len(chunk)
         if self.received > self._limit:
-            self._chunks.clear()
+            self._first, self._buffer = b"", None
             raise PayloadTooLargeError(limit=self._limit, received=self.received)
-        if self._incremental is not None:
-            self._incremental.update(chunk)
-        self._chunks.append(chunk)
+        if self._buffer is not None:
+            if self._incremental is not None:
+                self._incremental.update(chunk)
+            self._buffer += chunk
+        elif self._first:
+            if self._signature is not None:
+                self._incremental = self._verifier.incremental()
+                self._incremental.update(self._first)
+                self._incremental.update(chunk)
+            self._buffer = bytearray(self._first)
+            self._buffer += chunk
+            self._first = b""
+        else:
+            self._first = bytes(chunk)
 
     def finish(self) -> CallbackContext:
         """Verify the whole body, then parse it; return the context of the callback."""
+        if self._buffer is None:
+            body = self._first
+        else:
+            body = bytes(self._buffer)
+            self._buffer = None  # freed before parsing, which makes its own copies
+        self._first = b""
         secret = None
         if self._incremental is not None:
             secret = self._incremental.verify(self._signature)
-        chunks = self._chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks = []
+        elif self._signature is not None:
+            secret = self._verifier.verify(body, self._signature)
         if not body:
             raise InvalidPayloadError("the callback body is empty")
         return CallbackContext(
@@ -457,12 +480,8 @@ class CallbackOptions:
 
         Returns the context (also stored at ``scope["state"]["runflow_callback"]``), or None
         when the request was already answered (405, 400, 401, 413) or the client left
-        mid-body. A context an outer middleware stored for this request is returned as is.
-        ``started`` is the ``time.perf_counter()`` value latencies are measured from.
+        mid-body. ``started`` is the ``time.perf_counter()`` value latencies are measured from.
         """
-        known = existing_callback(scope)
-        if known is not None:
-            return known
         if scope["method"] != "POST":
             await send_json(send, 405, _METHOD_NOT_ALLOWED, headers=_ALLOW_POST)
             return None

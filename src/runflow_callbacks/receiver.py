@@ -44,6 +44,7 @@ from runflow_callbacks.asgi import (
     DEFAULT_MAX_BODY_BYTES,
     CallbackContext,
     CallbackOptions,
+    existing_callback,
     log_outcome,
     send_json,
     utc_now,
@@ -231,9 +232,11 @@ class CallbackReceiver(CallbackOptions):
             await _not_http(scope, receive, send)
             return
         started = time.perf_counter()
-        context = await self.accept(scope, receive, send, started=started)
+        context = existing_callback(scope)  # set when a CallbackMiddleware runs in front
         if context is None:
-            return
+            context = await self.accept(scope, receive, send, started=started)
+            if context is None:
+                return
         outcome = await self.process(context)
         log_outcome(context, outcome.status, started, error=outcome.error)
         body = _encoded(outcome) if outcome.error is None else outcome.body()
