@@ -13,22 +13,18 @@ lost nor an error; an unknown ``event`` parses into :class:`GenericCallbackPaylo
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Final, Literal
+import json
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from uuid import UUID
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    TypeAdapter,
-    ValidationError,
-)
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 from runflow_callbacks.errors import InvalidPayloadError
 from runflow_callbacks.verifier import Secret, sign
+
+if TYPE_CHECKING:
+    from runflow_callbacks.verifier import Body
 
 __all__ = [
     "BATCH_EVENTS",
@@ -61,10 +57,14 @@ class _Model(BaseModel):
 
 
 class BatchOutput(_Model):
-    """``output`` of a batch callback. Items stay loosely typed (their shape is undocumented);
-    the counts are checked."""
+    """``output`` of a batch callback: ``{items, succeeded, failed, cancelled, total}``.
 
-    items: list[dict[str, Any]] | None = None
+    The counts are checked integers. Items stay loosely typed (their shape is undocumented;
+    expect objects with ``run_id``, ``status`` and ``output``/``error``) and are kept exactly
+    as parsed, which also keeps parsing a large batch cheap.
+    """
+
+    items: list[Any] | None = None
     succeeded: int | None = None
     failed: int | None = None
     cancelled: int | None = None
@@ -104,12 +104,15 @@ class BatchCallbackPayload(CallbackPayload):
 
 
 class RunCallbackPayload(CallbackPayload):
-    """A ``run.*`` callback: carries ``run_id``; ``output`` is the model output or an error."""
+    """A ``run.*`` callback: carries ``run_id``.
+
+    ``output`` is the normalized model output on success, an error envelope on failure and
+    null when cancelled; its shape is undocumented, so it is kept as parsed.
+    """
 
     kind: ClassVar[Literal["batch", "run", "unknown"]] = "run"
 
     run_id: UUID
-    output: dict[str, Any] | None = None
 
     @property
     def subject_id(self) -> str:
@@ -127,32 +130,20 @@ class GenericCallbackPayload(CallbackPayload):
         return self.batch_id or self.run_id
 
 
-def _payload_kind(value: Any) -> str | None:
-    if isinstance(value, dict):
-        event = value.get("event")
-        if event is None:
-            if "batch_id" in value:
-                return "batch"
-            if "run_id" in value:
-                return "run"
-            return "unknown"
-        return _EVENT_KINDS.get(event, "unknown") if isinstance(event, str) else "unknown"
-    if isinstance(value, CallbackPayload):
-        return value.kind
-    return None
+_MODELS_BY_KIND: Final[dict[str, type[CallbackPayload]]] = {
+    "batch": BatchCallbackPayload,
+    "run": RunCallbackPayload,
+    "unknown": GenericCallbackPayload,
+}
 
 
-AnyCallbackPayload = Annotated[
-    Annotated[BatchCallbackPayload, Tag("batch")]
-    | Annotated[RunCallbackPayload, Tag("run")]
-    | Annotated[GenericCallbackPayload, Tag("unknown")],
-    Discriminator(
-        _payload_kind,
-        custom_error_type="not_an_object",
-        custom_error_message="a callback body must be a JSON object",
-    ),
-]
-_PAYLOAD_ADAPTER: TypeAdapter[AnyCallbackPayload] = TypeAdapter(AnyCallbackPayload)
+def _payload_kind(data: dict[str, Any]) -> str:
+    event = data.get("event")
+    if event is None:
+        if "batch_id" in data:
+            return "batch"
+        return "run" if "run_id" in data else "unknown"
+    return _EVENT_KINDS.get(event, "unknown") if isinstance(event, str) else "unknown"
 
 
 def _summarize(error: ValidationError) -> InvalidPayloadError:
@@ -170,7 +161,7 @@ def _summarize(error: ValidationError) -> InvalidPayloadError:
     return InvalidPayloadError(message, errors=details)
 
 
-def parse_callback(body: bytes | bytearray | memoryview) -> CallbackPayload:
+def parse_callback(body: Body) -> CallbackPayload:
     """Parse verified callback bytes into the right payload model.
 
     Chooses :class:`BatchCallbackPayload` or :class:`RunCallbackPayload` from ``event`` (or, in
@@ -178,19 +169,44 @@ def parse_callback(body: bytes | bytearray | memoryview) -> CallbackPayload:
     :class:`GenericCallbackPayload` for any other event. Bytes that are not a JSON object of
     that shape raise :class:`~runflow_callbacks.errors.InvalidPayloadError`.
     """
-    data: object = body.tobytes() if isinstance(body, memoryview) else body
-    if not isinstance(data, (bytes, bytearray)):
+    if isinstance(body, memoryview):
+        body = body.tobytes()
+    if not isinstance(body, (bytes, bytearray)):
         raise TypeError(
-            f"parse_callback() takes the verified body bytes, not {type(data).__name__}"
+            f"parse_callback() takes the verified body bytes, not {type(body).__name__}"
+        )
+    # One pass of pydantic-core's JSON parser (keys interned, values never echoed in errors),
+    # then validation of the Python objects against the model the event selects.
+    try:
+        data = from_json(body, cache_strings="keys")
+    except ValueError as exc:
+        data = _loads_leniently(body, exc)
+    if not isinstance(data, dict):
+        raise InvalidPayloadError(
+            f"a callback body must be a JSON object, not {_JSON_NAMES.get(type(data), 'null')}"
         )
     try:
-        return _PAYLOAD_ADAPTER.validate_json(data)
+        return _MODELS_BY_KIND[_payload_kind(data)].model_validate(data)
     except ValidationError as exc:
         raise _summarize(exc) from None
-    except (ValueError, RecursionError) as exc:  # defensive: never leak a stdlib error
-        raise InvalidPayloadError(
-            f"callback body is not valid JSON ({type(exc).__name__})"
-        ) from None
+
+
+def _loads_leniently(body: bytes | bytearray, error: ValueError) -> Any:
+    # Python's json (what Runflow writes with) also reads escaped lone surrogates such as
+    # "\udcff", which pydantic-core refuses; a verified body must not be lost over that.
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidPayloadError(f"callback body is not valid JSON: {error}") from None
+
+
+_JSON_NAMES: Final[dict[type, str]] = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+}
 
 
 # --- delivery history --------------------------------------------------------------------
