@@ -1,0 +1,493 @@
+"""Exactly-once stores: one Protocol, four backends (memory, SQLite, Redis, PostgreSQL).
+
+Runflow delivers at least once and gives up after a few attempts, so a receiver records every
+verified callback durably *before* answering 2xx, runs its handler once per idempotency key,
+and keeps failures for a retry. A store is the durable half of that contract; the engine in
+:mod:`runflow_callbacks.processing` drives it.
+
+Open one with :func:`open_store`::
+
+    store = open_store("sqlite:///./runflow-callbacks.db")   # relative path
+    store = open_store("sqlite:////var/lib/app/callbacks.db")  # absolute path
+    store = open_store("redis://localhost:6379/0")
+    store = open_store("postgresql://user@db/app")            # also postgres://
+    store = open_store("memory://")                           # tests: one process only
+    async with store:
+        ...
+
+Opening does no I/O: tables (or keys) are created on first use, under ``namespace`` (the table
+name for SQL backends, the key prefix for Redis) so that several apps or tests can share one
+server.
+
+Semantics (identical on every backend, tested by one shared suite):
+
+==================  ==========================================================================
+operation           effect
+==================  ==========================================================================
+``record``          durably stores a new callback in state ``received`` (body bytes exactly as
+                    sent, headers, matched secret, request id, received time); a callback whose
+                    key exists already is a duplicate: only its ``deliveries`` count grows
+                    (a ``"reconcile"`` source never counts as a delivery)
+``claim``           takes a lease on a ``received`` or ``failed`` callback, or on a
+                    ``processing`` one whose lease expired (its holder crashed); it returns a
+                    fencing token and bumps ``attempts``. At most one caller holds a live lease
+``complete``        ``processing`` → ``processed``, only with the current token
+``fail``            ``processing`` → ``failed`` (with ``retry_at``) or ``dead``, only with the
+                    current token; the error text is kept, never the payload
+``claim_due``       claims up to ``limit`` callbacks the inbox worker should run now, earliest
+                    due first: received (due from ``received_at``), failed (due at
+                    ``next_attempt_at``) and processing with an expired lease
+``reset_for_retry`` ``failed``/``dead``/``received`` → ``received`` with ``attempts = 0``
+==================  ==========================================================================
+
+A stale token (its lease expired and someone else claimed the callback since) can neither
+complete nor fail it: ``complete``/``fail`` return False and change nothing. ``processed`` and
+``dead`` are final for ``claim``; only ``reset_for_retry`` (``runflow-callbacks inbox retry``)
+brings a dead callback back. Times are always passed in (``now``), so a clock can be injected;
+stores keep them to the microsecond, in UTC.
+
+The idempotency key defaults to ``"{kind}:{batch_id|run_id}:{event}"`` (:func:`default_key`);
+a payload without both an id and an event (an unknown shape) is keyed by the SHA-256 of its
+body bytes instead. Pass any ``key(payload, body) -> str`` to change it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Final, Literal, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit
+
+from runflow_callbacks.errors import ConfigurationError, StoreError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+    from runflow_callbacks.models import CallbackPayload
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "STATES",
+    "CallbackStore",
+    "Claim",
+    "IncomingCallback",
+    "KeyFunction",
+    "Recorded",
+    "Source",
+    "State",
+    "StoreStats",
+    "StoredCallback",
+    "UnknownCallbackError",
+    "default_key",
+    "open_store",
+]
+
+State = Literal["received", "processing", "processed", "failed", "dead"]
+"""Where a callback stands: ``received``, ``processing``, then ``processed``/``failed``/``dead``."""
+STATES: Final[tuple[State, ...]] = ("received", "processing", "processed", "failed", "dead")
+Source = Literal["delivery", "reconcile"]
+"""How a callback reached the store: delivered by Runflow, or read back from its history."""
+
+KeyFunction = Callable[["CallbackPayload", bytes], str]
+"""Computes the idempotency key of a callback from its parsed payload and its body bytes."""
+
+#: Table name (SQLite, PostgreSQL) or key prefix (Redis) used when none is given.
+DEFAULT_NAMESPACE: Final = "runflow_callbacks"
+_NAMESPACE: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+#: Longest idempotency key a store accepts.
+MAX_KEY_CHARS: Final = 512
+
+
+class UnknownCallbackError(StoreError, LookupError):
+    """No callback is recorded under the given key (``key`` says which)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"no callback is recorded under key {key!r}")
+
+
+def default_key(payload: CallbackPayload, body: bytes) -> str:
+    """The default idempotency key: ``"{kind}:{subject_id}:{event}"``.
+
+    ``batch:0190...:batch.succeeded`` for a batch callback. A payload without both an id and
+    an event is keyed by the SHA-256 of its exact body (``"sha256:<hex>"``), so identical
+    bytes still deduplicate.
+    """
+    subject, event = payload.subject_id, payload.event
+    if subject and event:
+        return f"{payload.kind}:{subject}:{event}"
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def check_key(key: object) -> str:
+    """Reject what cannot be an idempotency key (a custom key function's bad return value)."""
+    if not isinstance(key, str) or not key:
+        raise ConfigurationError(f"an idempotency key must be a non-empty str, not {key!r}")
+    if len(key) > MAX_KEY_CHARS:
+        raise ConfigurationError(
+            f"an idempotency key must be at most {MAX_KEY_CHARS} characters, got {len(key)}"
+        )
+    return key
+
+
+def aware(moment: datetime, *, name: str = "now") -> datetime:
+    """``moment`` in UTC; a naive datetime is a caller error (its zone would be a guess)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ConfigurationError(f"{name} must be a timezone-aware datetime")
+    return moment.astimezone(timezone.utc)
+
+
+def check_lease(lease: object) -> timedelta:
+    """A lease must be a positive duration."""
+    if not isinstance(lease, timedelta) or lease <= timedelta(0):
+        raise ConfigurationError(f"lease must be a positive timedelta, not {lease!r}")
+    return lease
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IncomingCallback:
+    """A verified callback about to be recorded.
+
+    Build it with :meth:`from_context` from the receiver's context, or directly (reconciliation
+    builds it from a delivery's ``payload_bytes`` with ``source="reconcile"``). ``headers``
+    holds the Runflow headers as sent (the signature included: it is not a secret, and lets an
+    operator re-verify the bytes).
+    """
+
+    key: str
+    kind: str
+    subject_id: str | None
+    event: str | None
+    body: bytes = field(repr=False)
+    headers: Mapping[str, str] = field(repr=False)
+    secret_id: str | None
+    secret_label: str | None
+    request_id: str | None
+    received_at: datetime
+    source: Source = "delivery"
+
+    @classmethod
+    def from_payload(
+        cls,
+        payload: CallbackPayload,
+        body: bytes,
+        *,
+        received_at: datetime,
+        headers: Mapping[str, str] | None = None,
+        secret_id: str | None = None,
+        secret_label: str | None = None,
+        request_id: str | None = None,
+        source: Source = "delivery",
+        key: KeyFunction = default_key,
+    ) -> IncomingCallback:
+        """Describe ``body`` (already verified and parsed into ``payload``) for recording."""
+        return cls(
+            key=check_key(key(payload, body)),
+            kind=payload.kind,
+            subject_id=payload.subject_id,
+            event=payload.event,
+            body=bytes(body),
+            headers=dict(headers or {}),
+            secret_id=secret_id,
+            secret_label=secret_label,
+            request_id=request_id,
+            received_at=aware(received_at, name="received_at"),
+            source=source,
+        )
+
+    @classmethod
+    def from_context(
+        cls, context: _ContextLike, *, key: KeyFunction = default_key
+    ) -> IncomingCallback:
+        """Describe a verified :class:`~runflow_callbacks.asgi.CallbackContext` for recording."""
+        return cls.from_payload(
+            context.payload,
+            context.body,
+            received_at=context.received_at,
+            headers=context.headers,
+            secret_id=context.secret_id,
+            secret_label=context.secret_label,
+            request_id=context.request_id,
+            key=key,
+        )
+
+
+class _ContextLike(Protocol):
+    @property
+    def payload(self) -> CallbackPayload: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def secret_id(self) -> str | None: ...
+    @property
+    def secret_label(self) -> str | None: ...
+    @property
+    def request_id(self) -> str | None: ...
+    @property
+    def received_at(self) -> datetime: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredCallback(IncomingCallback):
+    """A callback as the store holds it: what was recorded plus where it stands.
+
+    ``attempts`` counts handler runs (claims), ``deliveries`` how often Runflow delivered it
+    (1 + duplicates; 0 when it only came from reconciliation). ``last_error`` is the text of the
+    last handler error (never the payload). The body and headers are left out of ``repr``.
+    """
+
+    state: State
+    attempts: int
+    deliveries: int
+    last_error: str | None
+    next_attempt_at: datetime | None
+    lease_expires_at: datetime | None
+    processed_at: datetime | None
+    updated_at: datetime
+
+    @property
+    def duplicates(self) -> int:
+        """How many deliveries came after the first."""
+        return max(self.deliveries - 1, 0)
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready summary (no body, no headers): what ``inbox list --json`` prints."""
+
+        def iso(moment: datetime | None) -> str | None:
+            return None if moment is None else moment.isoformat()
+
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "subject_id": self.subject_id,
+            "event": self.event,
+            "state": self.state,
+            "source": self.source,
+            "attempts": self.attempts,
+            "deliveries": self.deliveries,
+            "last_error": self.last_error,
+            "secret_label": self.secret_label,
+            "request_id": self.request_id,
+            "body_bytes": len(self.body),
+            "received_at": iso(self.received_at),
+            "next_attempt_at": iso(self.next_attempt_at),
+            "lease_expires_at": iso(self.lease_expires_at),
+            "processed_at": iso(self.processed_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """The answer of :meth:`CallbackStore.record`: the stored callback, and whether it is new."""
+
+    record: StoredCallback
+    inserted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer of :meth:`CallbackStore.claim`.
+
+    ``record`` is the callback as it stands after the call. ``token`` is set when the lease was
+    acquired (pass it to ``complete``/``fail``); otherwise ``record.state`` says why not:
+    ``processed``, ``dead``, or ``processing`` under someone else's live lease.
+    """
+
+    record: StoredCallback
+    token: str | None = field(default=None, repr=False)
+
+    @property
+    def acquired(self) -> bool:
+        """True when this caller now holds the lease."""
+        return self.token is not None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counts over everything a store holds.
+
+    ``received`` counts distinct callbacks; ``duplicates`` the deliveries after the first;
+    ``reconciled`` the callbacks first recorded by reconciliation; ``rejected`` what the
+    receiver refused (bumped with :meth:`CallbackStore.note_rejected`); the rest count
+    callbacks by current state.
+    """
+
+    received: int = 0
+    duplicates: int = 0
+    pending: int = 0
+    processing: int = 0
+    processed: int = 0
+    failed: int = 0
+    dead: int = 0
+    reconciled: int = 0
+    rejected: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        """The counts as a plain dict."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@runtime_checkable
+class CallbackStore(Protocol):
+    """What every backend implements. All times are timezone-aware; see the module docstring."""
+
+    async def record(self, incoming: IncomingCallback) -> Recorded:
+        """Durably store ``incoming``, or count it as a duplicate of the same key."""
+        ...
+
+    async def claim(self, key: str, *, now: datetime, lease: timedelta) -> Claim:
+        """Try to take the lease on ``key``; raises :class:`UnknownCallbackError` if absent."""
+        ...
+
+    async def complete(self, key: str, token: str, *, now: datetime) -> bool:
+        """Mark ``key`` processed if ``token`` still holds it; False (no change) otherwise."""
+        ...
+
+    async def fail(
+        self,
+        key: str,
+        token: str,
+        *,
+        now: datetime,
+        error: str,
+        retry_at: datetime | None,
+        dead: bool = False,
+    ) -> bool:
+        """Record a handler failure if ``token`` still holds ``key``; False otherwise."""
+        ...
+
+    async def claim_due(self, *, now: datetime, lease: timedelta, limit: int) -> list[Claim]:
+        """Claim up to ``limit`` callbacks due for a (re)try, oldest first."""
+        ...
+
+    async def get(self, key: str) -> StoredCallback | None:
+        """The callback recorded under ``key``, or None."""
+        ...
+
+    async def list_callbacks(
+        self, *, limit: int | None = None, state: State | None = None
+    ) -> list[StoredCallback]:
+        """Callbacks in the order they were first received (all unless ``limit``)."""
+        ...
+
+    async def stats(self) -> StoreStats:
+        """Counts over the whole store."""
+        ...
+
+    async def note_rejected(self, count: int = 1) -> None:
+        """Count ``count`` callbacks the receiver rejected (bad signature, bad body...)."""
+        ...
+
+    async def reset_for_retry(self, key: str, *, now: datetime) -> bool:
+        """Make a failed, dead or received callback due again with zero attempts.
+
+        False (no change) when it is processed or held under a live lease; raises
+        :class:`UnknownCallbackError` when absent.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the store cannot be used afterwards."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+
+class StoreBase:
+    """Shared plumbing of the backends: ``async with`` support and argument checks."""
+
+    async def close(self) -> None:  # pragma: no cover - every backend overrides it
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def check_limit(limit: object, *, name: str = "limit") -> int | None:
+    """A listing or claiming limit must be a positive int (None means no limit)."""
+    if limit is None:
+        return None
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ConfigurationError(f"{name} must be a positive int, not {limit!r}")
+    return limit
+
+
+def check_state(state: object) -> State | None:
+    """``state`` must be one of :data:`STATES` (or None)."""
+    if state is not None and state not in STATES:
+        raise ConfigurationError(f"state must be one of {', '.join(STATES)}, not {state!r}")
+    return state
+
+
+def check_namespace(namespace: object) -> str:
+    """Namespaces end up in SQL identifiers and Redis keys: keep them to a safe alphabet."""
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        raise ConfigurationError(
+            "namespace must be 1-48 characters of a-z, 0-9 and _, not starting with a digit"
+        )
+    return namespace
+
+
+def error_text(error: BaseException, *, max_chars: int = 2000) -> str:
+    """How a handler error is kept: its type and message, bounded in size."""
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def open_store(url: str, *, namespace: str = DEFAULT_NAMESPACE) -> CallbackStore:
+    """Open the store a URL names; no I/O happens until the first operation.
+
+    ``memory://``, ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
+    ``redis://`` or ``rediss://`` (any redis-py URL), ``postgresql://`` or ``postgres://``
+    (any libpq URL). Anything else raises :class:`~runflow_callbacks.errors.ConfigurationError`
+    (the message never repeats the URL, which may hold a password).
+
+    >>> store = open_store("memory://")
+    >>> type(store).__name__
+    'MemoryStore'
+    """
+    check_namespace(namespace)
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        from runflow_callbacks.stores.memory import MemoryStore  # noqa: PLC0415 - load only the backend asked for
+
+        return MemoryStore()
+    if scheme == "sqlite":
+        from runflow_callbacks.stores.sqlite import SQLiteStore  # noqa: PLC0415 - load only the backend asked for
+
+        path = unquote(urlsplit(url).path)
+        if path.startswith("/"):
+            path = path[1:]  # sqlite:///rel.db -> rel.db ; sqlite:////abs.db -> /abs.db
+        if not path:
+            raise ConfigurationError(
+                "a sqlite store URL needs a file: sqlite:///relative.db or sqlite:////abs.db"
+            )
+        return SQLiteStore(path, namespace=namespace)
+    shown = f"{scheme!r}" if scheme else "none"
+    raise ConfigurationError(
+        f"unknown store URL scheme ({shown}); use memory://, sqlite:///path.db, "
+        "redis://host:port/db or postgresql://user@host/db"
+    )

@@ -1,0 +1,453 @@
+"""The SQLite store: the embedded default, safe for several processes on one machine.
+
+Uses the standard library's ``sqlite3`` on one private worker thread per store (so the event
+loop never blocks and the connection is never shared between threads), the WAL journal (readers
+never wait for the writer), ``synchronous=FULL`` (a recorded callback survives a power cut) and
+``BEGIN IMMEDIATE`` for every read-modify-write, so that two processes claiming the same key
+serialize on SQLite's write lock and exactly one wins. A busy database is waited on for up to
+``busy_timeout`` before :class:`~runflow_callbacks.errors.StoreError` is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from runflow_callbacks.errors import StoreError
+from runflow_callbacks.stores import (
+    DEFAULT_NAMESPACE,
+    Claim,
+    Recorded,
+    StoreBase,
+    StoredCallback,
+    StoreStats,
+    UnknownCallbackError,
+    aware,
+    check_lease,
+    check_limit,
+    check_namespace,
+    check_state,
+)
+from runflow_callbacks.stores._logic import can_claim, new_token, resettable
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from runflow_callbacks.stores import IncomingCallback, State
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_COLUMNS: Final = (
+    "key, kind, subject_id, event, body, headers, secret_id, secret_label, request_id, "
+    "received_at, source, state, attempts, deliveries, last_error, next_attempt_at, "
+    "lease_expires_at, processed_at, updated_at, lease_token, due_at"
+)
+
+
+def _us(moment: datetime | None) -> int | None:
+    """A UTC datetime as integer microseconds since the epoch (exact, sortable)."""
+    return None if moment is None else (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _dt(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=value)
+
+
+def _to_record(row: sqlite3.Row) -> StoredCallback:
+    received_at, updated_at = _dt(row["received_at"]), _dt(row["updated_at"])
+    assert received_at is not None
+    assert updated_at is not None
+    return StoredCallback(
+        key=row["key"],
+        kind=row["kind"],
+        subject_id=row["subject_id"],
+        event=row["event"],
+        body=bytes(row["body"]),
+        headers=json.loads(row["headers"]),
+        secret_id=row["secret_id"],
+        secret_label=row["secret_label"],
+        request_id=row["request_id"],
+        received_at=received_at,
+        source=row["source"],
+        state=row["state"],
+        attempts=row["attempts"],
+        deliveries=row["deliveries"],
+        last_error=row["last_error"],
+        next_attempt_at=_dt(row["next_attempt_at"]),
+        lease_expires_at=_dt(row["lease_expires_at"]),
+        processed_at=_dt(row["processed_at"]),
+        updated_at=updated_at,
+    )
+
+
+class SQLiteStore(StoreBase):
+    """A :class:`~runflow_callbacks.stores.CallbackStore` in one SQLite file.
+
+    ``namespace`` is the table name (a second table ``<namespace>_counters`` holds the rejected
+    count). The file and its directory's WAL companions are created on first use. Several
+    ``SQLiteStore`` objects, in one process or many, may open the same file.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        busy_timeout: timedelta = timedelta(seconds=30),
+    ) -> None:
+        self.path = Path(path)
+        self.namespace = check_namespace(namespace)
+        self.busy_timeout = busy_timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runflow-sqlite")
+        self._connection: sqlite3.Connection | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r}, namespace={self.namespace!r})"
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is not None:
+            return self._connection
+        try:
+            if self.path.parent != Path():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout.total_seconds(),
+                isolation_level=None,  # explicit BEGIN IMMEDIATE / COMMIT below
+                check_same_thread=True,
+            )
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the SQLite store: {exc}") from None
+        connection.row_factory = sqlite3.Row
+        table = self.namespace
+        connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout.total_seconds() * 1000)}")
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.executescript(
+            f"""
+            CREATE TABLE IF NOT EXISTS {table} (
+                key TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                subject_id TEXT,
+                event TEXT,
+                body BLOB NOT NULL,
+                headers TEXT NOT NULL,
+                secret_id TEXT,
+                secret_label TEXT,
+                request_id TEXT,
+                received_at INTEGER NOT NULL,
+                source TEXT NOT NULL,
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                deliveries INTEGER NOT NULL,
+                last_error TEXT,
+                next_attempt_at INTEGER,
+                lease_expires_at INTEGER,
+                processed_at INTEGER,
+                updated_at INTEGER NOT NULL,
+                lease_token TEXT,
+                due_at INTEGER
+            );
+            CREATE INDEX IF NOT EXISTS {table}_by_received ON {table} (received_at, key);
+            CREATE INDEX IF NOT EXISTS {table}_by_state ON {table} (state, received_at);
+            CREATE INDEX IF NOT EXISTS {table}_by_due ON {table} (due_at, key)
+                WHERE due_at IS NOT NULL;
+            CREATE TABLE IF NOT EXISTS {table}_counters (
+                name TEXT PRIMARY KEY,
+                value INTEGER NOT NULL
+            );
+            """
+        )
+        self._connection = connection
+        return connection
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise RuntimeError("this store is closed")
+
+        def call() -> T:
+            connection = self._connect()
+            try:
+                return work(connection)
+            except sqlite3.Error as exc:
+                if connection.in_transaction:
+                    connection.rollback()
+                raise StoreError(f"SQLite store error: {exc}") from None
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _select(self, connection: sqlite3.Connection, key: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = connection.execute(
+            f"SELECT {_COLUMNS} FROM {self.namespace} WHERE key = ?",  # noqa: S608 - checked name
+            (key,),
+        ).fetchone()
+        return row
+
+    def _update(self, connection: sqlite3.Connection, key: str, **values: Any) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        connection.execute(
+            f"UPDATE {self.namespace} SET {assignments} WHERE key = ?",  # noqa: S608 - our names
+            (*values.values(), key),
+        )
+
+    @staticmethod
+    def _transaction(connection: sqlite3.Connection, work: Callable[[], T]) -> T:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            result = work()
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+        return result
+
+    # --- the Protocol ------------------------------------------------------------------
+
+    async def record(self, incoming: IncomingCallback) -> Recorded:
+        received_at = _us(aware(incoming.received_at, name="received_at"))
+        delivery = incoming.source == "delivery"
+
+        def work(connection: sqlite3.Connection) -> Recorded:
+            def body() -> Recorded:
+                cursor = connection.execute(
+                    f"INSERT INTO {self.namespace} ({_COLUMNS}) VALUES "  # noqa: S608 - checked
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', 0, ?, NULL, NULL, NULL, NULL,"
+                    " ?, NULL, ?) ON CONFLICT (key) DO NOTHING",
+                    (
+                        incoming.key,
+                        incoming.kind,
+                        incoming.subject_id,
+                        incoming.event,
+                        sqlite3.Binary(incoming.body),
+                        json.dumps(dict(incoming.headers)),
+                        incoming.secret_id,
+                        incoming.secret_label,
+                        incoming.request_id,
+                        received_at,
+                        incoming.source,
+                        1 if delivery else 0,
+                        received_at,
+                        received_at,
+                    ),
+                )
+                inserted = cursor.rowcount == 1
+                if not inserted and delivery:
+                    connection.execute(
+                        f"UPDATE {self.namespace} SET deliveries = deliveries + 1, "  # noqa: S608
+                        "updated_at = ? WHERE key = ?",
+                        (received_at, incoming.key),
+                    )
+                row = self._select(connection, incoming.key)
+                assert row is not None
+                return Recorded(_to_record(row), inserted=inserted)
+
+            return self._transaction(connection, body)
+
+        return await self._run(work)
+
+    def _take(
+        self, connection: sqlite3.Connection, row: sqlite3.Row, now: datetime, lease: timedelta
+    ) -> Claim:
+        token = new_token()
+        self._update(
+            connection,
+            row["key"],
+            state="processing",
+            attempts=row["attempts"] + 1,
+            lease_expires_at=_us(now + lease),
+            lease_token=token,
+            updated_at=_us(now),
+            due_at=_us(now + lease),
+        )
+        taken = self._select(connection, row["key"])
+        assert taken is not None
+        return Claim(_to_record(taken), token)
+
+    async def claim(self, key: str, *, now: datetime, lease: timedelta) -> Claim:
+        now, lease = aware(now), check_lease(lease)
+
+        def work(connection: sqlite3.Connection) -> Claim:
+            def body() -> Claim:
+                row = self._select(connection, key)
+                if row is None:
+                    raise UnknownCallbackError(key)
+                if not can_claim(row["state"], _dt(row["lease_expires_at"]), now):
+                    return Claim(_to_record(row))
+                return self._take(connection, row, now, lease)
+
+            return self._transaction(connection, body)
+
+        return await self._run(work)
+
+    async def _finish(self, key: str, token: str, **values: Any) -> bool:
+        def work(connection: sqlite3.Connection) -> bool:
+            def body() -> bool:
+                row = self._select(connection, key)
+                if row is None:
+                    raise UnknownCallbackError(key)
+                if row["state"] != "processing" or row["lease_token"] != token:
+                    return False
+                self._update(connection, key, lease_token=None, lease_expires_at=None, **values)
+                return True
+
+            return self._transaction(connection, body)
+
+        return await self._run(work)
+
+    async def complete(self, key: str, token: str, *, now: datetime) -> bool:
+        now_us = _us(aware(now))
+        return await self._finish(
+            key,
+            token,
+            state="processed",
+            processed_at=now_us,
+            next_attempt_at=None,
+            updated_at=now_us,
+            due_at=None,
+        )
+
+    async def fail(
+        self,
+        key: str,
+        token: str,
+        *,
+        now: datetime,
+        error: str,
+        retry_at: datetime | None,
+        dead: bool = False,
+    ) -> bool:
+        retry = None if retry_at is None or dead else _us(aware(retry_at, name="retry_at"))
+        now_us = _us(aware(now))
+        return await self._finish(
+            key,
+            token,
+            state="dead" if dead else "failed",
+            last_error=error,
+            next_attempt_at=retry,
+            updated_at=now_us,
+            due_at=None if dead else (now_us if retry is None else retry),
+        )
+
+    async def claim_due(self, *, now: datetime, lease: timedelta, limit: int) -> list[Claim]:
+        now, lease = aware(now), check_lease(lease)
+        check_limit(limit)
+        now_us = _us(now)
+
+        def work(connection: sqlite3.Connection) -> list[Claim]:
+            def body() -> list[Claim]:
+                rows = connection.execute(
+                    f"SELECT {_COLUMNS} FROM {self.namespace} "  # noqa: S608 - checked name
+                    "WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at, key LIMIT ?",
+                    (now_us, limit),
+                ).fetchall()
+                return [self._take(connection, row, now, lease) for row in rows]
+
+            return self._transaction(connection, body)
+
+        return await self._run(work)
+
+    async def get(self, key: str) -> StoredCallback | None:
+        def work(connection: sqlite3.Connection) -> StoredCallback | None:
+            row = self._select(connection, key)
+            return None if row is None else _to_record(row)
+
+        return await self._run(work)
+
+    async def list_callbacks(
+        self, *, limit: int | None = None, state: State | None = None
+    ) -> list[StoredCallback]:
+        check_limit(limit)
+        check_state(state)
+
+        def work(connection: sqlite3.Connection) -> list[StoredCallback]:
+            where = "" if state is None else "WHERE state = ? "
+            params: tuple[Any, ...] = () if state is None else (state,)
+            rows = connection.execute(
+                f"SELECT {_COLUMNS} FROM {self.namespace} {where}"  # noqa: S608 - checked name
+                "ORDER BY received_at, key LIMIT ?",
+                (*params, -1 if limit is None else limit),
+            ).fetchall()
+            return [_to_record(row) for row in rows]
+
+        return await self._run(work)
+
+    async def stats(self) -> StoreStats:
+        def work(connection: sqlite3.Connection) -> StoreStats:
+            row = connection.execute(
+                "SELECT count(*), coalesce(sum(max(deliveries - 1, 0)), 0), "  # noqa: S608
+                "count(*) FILTER (WHERE state = 'received'), "
+                "count(*) FILTER (WHERE state = 'processing'), "
+                "count(*) FILTER (WHERE state = 'processed'), "
+                "count(*) FILTER (WHERE state = 'failed'), "
+                "count(*) FILTER (WHERE state = 'dead'), "
+                "count(*) FILTER (WHERE source = 'reconcile'), "
+                f"(SELECT coalesce(sum(value), 0) FROM {self.namespace}_counters "
+                "WHERE name = 'rejected') "
+                f"FROM {self.namespace}"
+            ).fetchone()
+            return StoreStats(*row)
+
+        return await self._run(work)
+
+    async def note_rejected(self, count: int = 1) -> None:
+        check_limit(count, name="count")
+
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                f"INSERT INTO {self.namespace}_counters (name, value) "  # noqa: S608 - checked
+                "VALUES ('rejected', ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (count,),
+            )
+
+        await self._run(work)
+
+    async def reset_for_retry(self, key: str, *, now: datetime) -> bool:
+        now = aware(now)
+
+        def work(connection: sqlite3.Connection) -> bool:
+            def body() -> bool:
+                row = self._select(connection, key)
+                if row is None:
+                    raise UnknownCallbackError(key)
+                if not resettable(row["state"], _dt(row["lease_expires_at"]), now):
+                    return False
+                self._update(
+                    connection,
+                    key,
+                    state="received",
+                    attempts=0,
+                    next_attempt_at=None,
+                    lease_expires_at=None,
+                    lease_token=None,
+                    updated_at=_us(now),
+                    due_at=_us(now),
+                )
+                return True
+
+            return self._transaction(connection, body)
+
+        return await self._run(work)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+
+        def work() -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        self._closed = True
+        self._executor.shutdown(wait=False)

@@ -1,0 +1,492 @@
+"""One suite for every store backend: memory, SQLite, Redis and PostgreSQL (real servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from runflow_callbacks.errors import ConfigurationError, StoreError
+from runflow_callbacks.models import parse_callback
+from runflow_callbacks.stores import (
+    CallbackStore,
+    IncomingCallback,
+    StoreStats,
+    UnknownCallbackError,
+    default_key,
+    open_store,
+)
+from runflow_callbacks.stores.memory import MemoryStore
+from runflow_callbacks.stores.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from runflow_callbacks.stores import Source
+
+StoreFactory = Callable[[], CallbackStore]
+
+T0 = datetime(2026, 5, 6, 10, 0, 0, 123456, tzinfo=timezone.utc)
+LEASE = timedelta(seconds=30)
+BATCH_ID = "0190f2a4-0000-7000-8000-000000000002"
+# Not UTF-8 on purpose: bytes must come back exactly as they were recorded.
+ODD_BYTES = (
+    b'{"event": "batch.succeeded", "batch_id": "' + BATCH_ID.encode() + b'", "x": "\xff\xfe\x00"}'
+)
+
+
+def incoming(
+    key: str = "batch:b1:batch.succeeded",
+    *,
+    at: datetime = T0,
+    body: bytes = b'{"event": "batch.succeeded"}',
+    source: Source = "delivery",
+) -> IncomingCallback:
+    return IncomingCallback(
+        key=key,
+        kind="batch",
+        subject_id="b1",
+        event="batch.succeeded",
+        body=body,
+        headers={"Runflow-Signature": "ab" * 32, "Runflow-Request-Id": "req-1"},
+        secret_id="sec-1",
+        secret_label="primary",
+        request_id="req-1",
+        received_at=at,
+        source=source,
+    )
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+    ]
+)
+async def store_factory(
+    request: pytest.FixtureRequest, tmp_path: Path, namespace: str
+) -> AsyncIterator[StoreFactory]:
+    """Opens stores that share one namespace (separate connections, one memory object)."""
+    opened: list[CallbackStore] = []
+    if request.param == "memory":
+        shared = MemoryStore()
+        opened.append(shared)
+
+        def factory() -> CallbackStore:
+            return shared
+
+    else:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'callbacks.db'}"
+        else:
+            fixture = "redis_url" if request.param == "redis" else "postgres_url"
+            url = request.getfixturevalue(fixture)
+
+        def factory() -> CallbackStore:
+            store = open_store(url, namespace=namespace)
+            opened.append(store)
+            return store
+
+    yield factory
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> CallbackStore:
+    return store_factory()
+
+
+class TestStore:
+    """The semantics every backend shares (see the ``runflow_callbacks.stores`` docstring)."""
+
+    async def test_record_keeps_everything_exactly(self, store: CallbackStore) -> None:
+        result = await store.record(incoming(body=ODD_BYTES))
+        assert result.inserted
+        record = result.record
+        assert record.body == ODD_BYTES
+        assert dict(record.headers) == {
+            "Runflow-Signature": "ab" * 32,
+            "Runflow-Request-Id": "req-1",
+        }
+        assert (record.secret_id, record.secret_label, record.request_id) == (
+            "sec-1",
+            "primary",
+            "req-1",
+        )
+        assert (record.kind, record.subject_id, record.event) == ("batch", "b1", "batch.succeeded")
+        assert record.received_at == T0
+        assert record.received_at.tzinfo is not None
+        assert (record.state, record.attempts, record.deliveries, record.source) == (
+            "received",
+            0,
+            1,
+            "delivery",
+        )
+        again = await store.get(record.key)
+        assert again == record
+        assert "\\xff" not in repr(record)  # the body stays out of repr
+
+    async def test_duplicate_counts_a_delivery_only(self, store: CallbackStore) -> None:
+        await store.record(incoming())
+        second = await store.record(incoming(at=T0 + timedelta(seconds=5), body=b"other"))
+        assert not second.inserted
+        assert second.record.deliveries == 2
+        assert second.record.body == b'{"event": "batch.succeeded"}'  # the first bytes stay
+        reconciled = await store.record(incoming(source="reconcile"))
+        assert not reconciled.inserted
+        assert reconciled.record.deliveries == 2
+        stats = await store.stats()
+        assert (stats.received, stats.duplicates, stats.reconciled) == (1, 1, 0)
+
+    async def test_reconciled_first(self, store: CallbackStore) -> None:
+        result = await store.record(incoming(source="reconcile"))
+        assert result.inserted
+        assert (result.record.source, result.record.deliveries) == ("reconcile", 0)
+        stats = await store.stats()
+        assert (stats.received, stats.duplicates, stats.reconciled) == (1, 0, 1)
+
+    async def test_claim_is_exclusive_until_complete(self, store: CallbackStore) -> None:
+        await store.record(incoming())
+        first = await store.claim("batch:b1:batch.succeeded", now=T0, lease=LEASE)
+        assert first.acquired
+        assert first.token
+        assert (first.record.state, first.record.attempts) == ("processing", 1)
+        assert first.record.lease_expires_at == T0 + LEASE
+        second = await store.claim("batch:b1:batch.succeeded", now=T0, lease=LEASE)
+        assert not second.acquired
+        assert second.record.state == "processing"
+        assert not await store.complete("batch:b1:batch.succeeded", "not-the-token", now=T0)
+        assert await store.complete("batch:b1:batch.succeeded", first.token, now=T0)
+        done = await store.get("batch:b1:batch.succeeded")
+        assert done is not None
+        assert (done.state, done.processed_at, done.lease_expires_at) == ("processed", T0, None)
+        third = await store.claim("batch:b1:batch.succeeded", now=T0 + LEASE * 10, lease=LEASE)
+        assert not third.acquired
+        assert third.record.state == "processed"
+        assert not await store.complete("batch:b1:batch.succeeded", first.token, now=T0)
+
+    async def test_unknown_key(self, store: CallbackStore) -> None:
+        assert await store.get("nope") is None
+        with pytest.raises(UnknownCallbackError) as caught:
+            await store.claim("nope", now=T0, lease=LEASE)
+        assert caught.value.key == "nope"
+        with pytest.raises(UnknownCallbackError):
+            await store.reset_for_retry("nope", now=T0)
+
+    async def test_failure_is_recorded_and_claimable_again(self, store: CallbackStore) -> None:
+        key = incoming().key
+        await store.record(incoming())
+        claim = await store.claim(key, now=T0, lease=LEASE)
+        assert claim.token
+        retry_at = T0 + timedelta(seconds=8)
+        assert await store.fail(
+            key, claim.token, now=T0, error="ValueError: boom", retry_at=retry_at
+        )
+        failed = await store.get(key)
+        assert failed is not None
+        assert (failed.state, failed.last_error, failed.next_attempt_at) == (
+            "failed",
+            "ValueError: boom",
+            retry_at,
+        )
+        assert failed.lease_expires_at is None
+        # A redelivery may retry at once (sync mode); the inbox waits for next_attempt_at.
+        again = await store.claim(key, now=T0, lease=LEASE)
+        assert again.acquired
+        assert again.record.attempts == 2
+        assert again.token
+        assert await store.fail(key, again.token, now=T0, error="boom", retry_at=None, dead=True)
+        dead = await store.get(key)
+        assert dead is not None
+        assert (dead.state, dead.next_attempt_at) == ("dead", None)
+        assert not (await store.claim(key, now=T0 + LEASE * 10, lease=LEASE)).acquired
+
+    async def test_lease_expiry_and_fencing(self, store: CallbackStore) -> None:
+        key = incoming().key
+        await store.record(incoming())
+        crashed = await store.claim(key, now=T0, lease=LEASE)
+        assert crashed.token
+        almost = T0 + LEASE - timedelta(microseconds=1)
+        assert not (await store.claim(key, now=almost, lease=LEASE)).acquired
+        takeover = await store.claim(key, now=T0 + LEASE, lease=LEASE)
+        assert takeover.acquired
+        assert takeover.token
+        assert takeover.token != crashed.token
+        assert takeover.record.attempts == 2
+        # The stale holder wakes up: it can neither fail nor complete the newer run.
+        assert not await store.fail(key, crashed.token, now=almost, error="late", retry_at=None)
+        assert not await store.complete(key, crashed.token, now=almost)
+        current = await store.get(key)
+        assert current is not None
+        assert (current.state, current.last_error) == ("processing", None)
+        assert await store.complete(key, takeover.token, now=T0 + LEASE)
+
+    async def test_claim_due(self, store: CallbackStore) -> None:
+        for index, name in enumerate("abcd"):
+            await store.record(incoming(name, at=T0 + timedelta(seconds=index)))
+        now = T0 + timedelta(seconds=10)
+        b = await store.claim("b", now=now, lease=LEASE)
+        c = await store.claim("c", now=now, lease=LEASE)
+        d = await store.claim("d", now=now, lease=LEASE)
+        assert b.token
+        assert c.token
+        assert d.token
+        await store.fail("b", b.token, now=now, error="e", retry_at=now + timedelta(seconds=60))
+        await store.complete("d", d.token, now=now)
+        # a is received (due), b waits for its retry, c is under a live lease, d is done.
+        due = await store.claim_due(now=now, lease=LEASE, limit=10)
+        assert [claim.record.key for claim in due] == ["a"]
+        assert all(claim.acquired for claim in due)
+        assert due[0].record.attempts == 1
+        later = now + timedelta(seconds=60)
+        due = await store.claim_due(now=later, lease=LEASE, limit=10)
+        # c's lease expired at now+30 (due first), b became due at now+60, a's at now+30.
+        assert sorted(claim.record.key for claim in due) == ["a", "b", "c"]
+        assert len({claim.token for claim in due}) == 3
+        assert await store.claim_due(now=later, lease=LEASE, limit=10) == []
+
+    async def test_claim_due_limit_and_order(self, store: CallbackStore) -> None:
+        for index in range(5):
+            await store.record(incoming(f"k{index}", at=T0 + timedelta(seconds=5 - index)))
+        first = await store.claim_due(now=T0 + timedelta(minutes=1), lease=LEASE, limit=2)
+        assert [claim.record.key for claim in first] == ["k4", "k3"]  # oldest received first
+        rest = await store.claim_due(now=T0 + timedelta(minutes=1), lease=LEASE, limit=10)
+        assert [claim.record.key for claim in rest] == ["k2", "k1", "k0"]
+
+    async def test_list_and_filter(self, store: CallbackStore) -> None:
+        for index in range(4):
+            await store.record(incoming(f"k{index}", at=T0 + timedelta(seconds=4 - index)))
+        claim = await store.claim("k1", now=T0, lease=LEASE)
+        assert claim.token
+        await store.complete("k1", claim.token, now=T0)
+        listed = await store.list_callbacks()
+        assert [record.key for record in listed] == ["k3", "k2", "k1", "k0"]
+        assert [record.key for record in await store.list_callbacks(limit=2)] == ["k3", "k2"]
+        processed = await store.list_callbacks(state="processed")
+        assert [record.key for record in processed] == ["k1"]
+        assert [r.key for r in await store.list_callbacks(state="received", limit=1)] == ["k3"]
+        summary = listed[2].to_json()
+        assert summary["state"] == "processed"
+        assert summary["processed_at"] == T0.isoformat()
+        assert "body" not in summary
+
+    async def test_stats(self, store: CallbackStore) -> None:
+        assert await store.stats() == StoreStats()
+        for name in "abcde":
+            await store.record(incoming(name))
+        await store.record(incoming("a"))
+        await store.record(incoming("a"))
+        await store.record(incoming("f", source="reconcile"))
+        tokens = {}
+        for name in "abcd":
+            claim = await store.claim(name, now=T0, lease=LEASE)
+            assert claim.token
+            tokens[name] = claim.token
+        await store.complete("a", tokens["a"], now=T0)
+        await store.fail("b", tokens["b"], now=T0, error="e", retry_at=None)
+        await store.fail("c", tokens["c"], now=T0, error="e", retry_at=None, dead=True)
+        await store.note_rejected()
+        await store.note_rejected(2)
+        assert await store.stats() == StoreStats(
+            received=6,
+            duplicates=2,
+            pending=2,
+            processing=1,
+            processed=1,
+            failed=1,
+            dead=1,
+            reconciled=1,
+            rejected=3,
+        )
+
+    async def test_reset_for_retry(self, store: CallbackStore) -> None:
+        for name in "abc":
+            await store.record(incoming(name))
+        a = await store.claim("a", now=T0, lease=LEASE)
+        b = await store.claim("b", now=T0, lease=LEASE)
+        c = await store.claim("c", now=T0, lease=LEASE)
+        assert a.token
+        assert b.token
+        assert c.token
+        await store.fail("a", a.token, now=T0, error="e", retry_at=None, dead=True)
+        await store.complete("b", b.token, now=T0)
+        later = T0 + timedelta(seconds=1)
+        assert await store.reset_for_retry("a", now=later)
+        assert not await store.reset_for_retry("b", now=later)  # processed stays processed
+        assert not await store.reset_for_retry("c", now=later)  # live lease
+        record = await store.get("a")
+        assert record is not None
+        assert (record.state, record.attempts, record.last_error) == ("received", 0, "e")
+        due = await store.claim_due(now=later, lease=LEASE, limit=10)
+        assert [claim.record.key for claim in due] == ["a"]
+        assert not await store.fail("c", a.token, now=later, error="x", retry_at=None)
+
+    async def test_concurrent_claims_exactly_one_wins(self, store_factory: StoreFactory) -> None:
+        stores = [store_factory() for _ in range(4)]
+        key = incoming().key
+        recorded = await asyncio.gather(*(s.record(incoming()) for s in stores * 3))
+        assert sum(result.inserted for result in recorded) == 1
+        claims = await asyncio.gather(*(s.claim(key, now=T0, lease=LEASE) for s in stores * 5))
+        assert sum(claim.acquired for claim in claims) == 1
+        record = await stores[0].get(key)
+        assert record is not None
+        assert (record.deliveries, record.attempts) == (12, 1)
+
+    async def test_concurrent_claim_due_shares_work(self, store_factory: StoreFactory) -> None:
+        stores = [store_factory() for _ in range(4)]
+        for index in range(20):
+            await stores[0].record(incoming(f"k{index:02}"))
+        batches = await asyncio.gather(
+            *(s.claim_due(now=T0, lease=LEASE, limit=3) for s in stores * 3)
+        )
+        claimed = [claim.record.key for batch in batches for claim in batch]
+        assert len(claimed) == len(set(claimed))  # nothing claimed twice
+        assert len(claimed) == 20
+
+    async def test_bad_arguments(self, store: CallbackStore) -> None:
+        await store.record(incoming())
+        naive = datetime(2026, 5, 6, 10, 0)  # a naive datetime: the bad input
+        with pytest.raises(ConfigurationError, match="timezone-aware"):
+            await store.claim(incoming().key, now=naive, lease=LEASE)
+        with pytest.raises(ConfigurationError, match="lease"):
+            await store.claim(incoming().key, now=T0, lease=timedelta(0))
+        with pytest.raises(ConfigurationError, match="limit"):
+            await store.list_callbacks(limit=0)
+        with pytest.raises(ConfigurationError, match="state"):
+            await store.list_callbacks(state="done")  # type: ignore[arg-type] # the bad input
+        with pytest.raises(ConfigurationError, match="limit"):
+            await store.claim_due(now=T0, lease=LEASE, limit=-1)
+
+    async def test_is_a_callback_store(self, store: CallbackStore) -> None:
+        assert isinstance(store, CallbackStore)
+        async with store as entered:
+            assert entered is store
+
+
+# --- backend-specific ----------------------------------------------------------------------
+
+
+async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "callbacks.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        await store.record(incoming(body=ODD_BYTES))
+    async with open_store(f"sqlite:///{path}") as store:
+        record = await store.get(incoming().key)
+    assert record is not None
+    assert record.body == ODD_BYTES
+    assert record.received_at == T0
+
+
+_CLAIMER = """
+import asyncio, sys
+from datetime import datetime, timedelta, timezone
+from runflow_callbacks.stores import open_store
+
+async def main() -> None:
+    async with open_store(sys.argv[1]) as store:
+        sys.stdin.readline()  # start together
+        claim = await store.claim(
+            "batch:b1:batch.succeeded",
+            now=datetime(2026, 5, 6, 10, tzinfo=timezone.utc),
+            lease=timedelta(seconds=30),
+        )
+        print("won" if claim.acquired else "lost", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_sqlite_claim_across_processes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+
+    async def record() -> None:
+        async with open_store(url) as store:
+            await store.record(incoming())
+
+    asyncio.run(record())
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CLAIMER, url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    answers = [process.communicate(timeout=60)[0].strip() for process in processes]
+    assert sorted(answers) == ["lost", "lost", "lost", "won"]
+
+
+async def test_sqlite_unwritable_path_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    async with SQLiteStore(blocker / "sub" / "db.sqlite") as store:
+        with pytest.raises(StoreError, match="cannot open the SQLite store"):
+            await store.get("x")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///relative/callbacks.db", "relative/callbacks.db"),
+        ("sqlite:////abs/callbacks.db", "/abs/callbacks.db"),
+        ("sqlite:///./runflow-callbacks.db", "runflow-callbacks.db"),
+    ],
+)
+async def test_open_store_sqlite_paths(url: str, expected: str) -> None:
+    store = open_store(url)
+    assert isinstance(store, SQLiteStore)
+    assert store.path == Path(expected)
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://user:hunter2@db/x",
+        "hunter2",
+        "",
+        "sqlite:///",
+        "http://user:hunter2@example.com",
+    ],
+)
+def test_open_store_rejects_unknown_urls(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        open_store(url)
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("namespace", ["", "Has-Caps", "1x", "x; DROP TABLE y", "a" * 49])
+def test_open_store_rejects_bad_namespaces(namespace: str) -> None:
+    with pytest.raises(ConfigurationError, match="namespace"):
+        open_store("memory://", namespace=namespace)
+
+
+async def test_closed_store_refuses_work() -> None:
+    store = open_store("memory://")
+    await store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.get("x")
+
+
+def test_default_key() -> None:
+    body = b'{"event": "batch.succeeded", "batch_id": "' + BATCH_ID.encode() + b'"}'
+    batch = parse_callback(body)
+    assert default_key(batch, body) == f"batch:{BATCH_ID}:batch.succeeded"
+    generic = b'{"hello": "world"}'
+    key = default_key(parse_callback(generic), generic)
+    assert key.startswith("sha256:")
+    assert len(key) == len("sha256:") + 64
+    with pytest.raises(ConfigurationError, match="idempotency key"):
+        IncomingCallback.from_payload(batch, body, received_at=T0, key=lambda _p, _b: "")
