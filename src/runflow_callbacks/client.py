@@ -164,6 +164,24 @@ class _ClientBase:
             status=0, code=code, message=f"no answer from the Runflow API ({type(exc).__name__})"
         )
 
+    @classmethod
+    def _history_path(cls, batch_id: str | UUID | None, run_id: str | UUID | None) -> str:
+        if batch_id is not None and run_id is None:
+            return cls._path("batch", batch_id, "callback")
+        if run_id is not None and batch_id is None:
+            return cls._path("run", run_id, "callback")
+        raise ConfigurationError("pass exactly one of batch_id= or run_id=")
+
+    @staticmethod
+    def _raw_history(response: httpx.Response) -> list[dict[str, Any]]:
+        try:
+            records = response.json()
+        except ValueError:
+            records = None
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise InvalidPayloadError("the delivery history is not a JSON array of records")
+        return records
+
     @staticmethod
     def _history(response: httpx.Response, kind: _Kind) -> list[Any]:
         return list(parse_delivery_history(response.content, kind=kind))
@@ -286,6 +304,13 @@ class RunflowClient(_ClientBase):
         response = self._request("GET", self._path("run", run_id, "callback"))
         return self._history(response, "run")
 
+    def delivery_history_json(
+        self, *, batch_id: str | UUID | None = None, run_id: str | UUID | None = None
+    ) -> list[dict[str, Any]]:
+        """The delivery records of one batch or run exactly as the API answered them."""
+        path = self._history_path(batch_id, run_id)
+        return self._raw_history(self._request("GET", path))
+
     def redeliver_batch(self, batch_id: str | UUID) -> BatchCallbackDelivery:
         """Ask Runflow to deliver a batch's callback again; returns the new delivery."""
         response = self._request("POST", self._path("batch", batch_id, "callback-redeliveries"))
@@ -395,6 +420,13 @@ class AsyncRunflowClient(_ClientBase):
         """The callback deliveries of a run, attempts included."""
         response = await self._request("GET", self._path("run", run_id, "callback"))
         return self._history(response, "run")
+
+    async def delivery_history_json(
+        self, *, batch_id: str | UUID | None = None, run_id: str | UUID | None = None
+    ) -> list[dict[str, Any]]:
+        """The delivery records of one batch or run exactly as the API answered them."""
+        path = self._history_path(batch_id, run_id)
+        return self._raw_history(await self._request("GET", path))
 
     async def redeliver_batch(self, batch_id: str | UUID) -> BatchCallbackDelivery:
         """Ask Runflow to deliver a batch's callback again; returns the new delivery."""

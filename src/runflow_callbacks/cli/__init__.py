@@ -20,7 +20,12 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-_COMMAND_MODULES = ("runflow_callbacks.cli.signing", "runflow_callbacks.cli.demo")
+_COMMAND_MODULES = (
+    "runflow_callbacks.cli.signing",
+    "runflow_callbacks.cli.demo",
+    "runflow_callbacks.cli.api",
+    "runflow_callbacks.cli.fake",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,132 @@
+"""``runflow-callbacks fake-runflow``: serve the fake Runflow under uvicorn.
+
+::
+
+    runflow-callbacks fake-runflow --port 8010 --api-key rf_local --secret whsec_local \\
+        --retry-delays 0.5,1,2 --max-attempts 4 --attempt-timeout 3
+
+Then create a finished batch (its callback is delivered at once) and follow its story::
+
+    curl -X POST localhost:8010/_fake/batches -d '{"callback_url": "http://localhost:8000/cb"}'
+    RUNFLOW_API_URL=http://localhost:8010 RUNFLOW_API_KEY=rf_local \\
+        runflow-callbacks history --batch <id>
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from runflow_callbacks.cli._common import (
+    SECRETS_ENV_VARIABLE,
+    add_secret_options,
+    secrets_from_args,
+)
+from runflow_callbacks.errors import ConfigurationError
+from runflow_callbacks.testing.fake import (
+    DEFAULT_ATTEMPT_TIMEOUT_S,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETRY_DELAYS_S,
+    FakeRunflow,
+)
+
+if TYPE_CHECKING:
+    import argparse
+
+__all__ = ["parse_delays", "register", "run_fake_runflow"]
+
+
+def parse_delays(text: str) -> tuple[float, ...]:
+    """``"0.5,1,2"`` -> ``(0.5, 1.0, 2.0)``; anything else is a :class:`ConfigurationError`."""
+    try:
+        delays = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigurationError(
+            f"--retry-delays must be comma-separated seconds like 0.5,1,2, got {text!r}"
+        ) from None
+    if any(delay < 0 or delay != delay for delay in delays):  # noqa: PLR0124 - NaN check
+        raise ConfigurationError("--retry-delays must not contain negative or NaN delays")
+    return delays
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``fake-runflow`` to the command line."""
+    parser = subparsers.add_parser(
+        "fake-runflow",
+        help="serve a fake Runflow that delivers callbacks and answers the delivery API",
+        description=(
+            "Serve the fake Runflow: POST /_fake/batches or /_fake/runs creates a finished batch "
+            "or run and delivers its callback (signed, retried, recorded); the API answers "
+            "delivery history, redeliveries and callback secrets. Needs uvicorn."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8010, help="port (default: 8010)")
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the Bearer key the API accepts (default: $RUNFLOW_API_KEY; required)",
+    )
+    add_secret_options(parser)
+    parser.add_argument(
+        "--retry-delays",
+        type=parse_delays,
+        default=DEFAULT_RETRY_DELAYS_S,
+        metavar="S1,S2,...",
+        help="seconds before each retry; the last doubles beyond the list (default: 1,2,4,8)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=DEFAULT_MAX_ATTEMPTS,
+        metavar="N",
+        help=f"attempts per delivery (default: {DEFAULT_MAX_ATTEMPTS})",
+    )
+    parser.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=DEFAULT_ATTEMPT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"per-attempt timeout (default: {DEFAULT_ATTEMPT_TIMEOUT_S:g})",
+    )
+    parser.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
+    parser.set_defaults(func=run_fake_runflow)
+
+
+def run_fake_runflow(args: argparse.Namespace) -> int:
+    """Build the fake from the options and serve it until interrupted."""
+    api_key = args.api_key or os.environ.get("RUNFLOW_API_KEY")
+    if not api_key:
+        raise ConfigurationError("--api-key (or RUNFLOW_API_KEY) is required")
+    secret = None
+    if args.secrets or os.environ.get(SECRETS_ENV_VARIABLE, "").strip(" ,"):
+        secrets = secrets_from_args(args)
+        if len(secrets) != 1:
+            raise ConfigurationError(
+                f"fake-runflow installs exactly one initial secret, got {len(secrets)}"
+            )
+        secret = secrets[0].reveal()
+    fake = FakeRunflow(
+        api_key=api_key,
+        secret=secret,
+        retry_delays_s=args.retry_delays,
+        max_attempts=args.max_attempts,
+        attempt_timeout_s=args.attempt_timeout,
+    )
+    try:
+        import uvicorn  # noqa: PLC0415 - optional dependency, needed only to serve
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise ConfigurationError(
+            "fake-runflow needs uvicorn: pip install 'runflow-callbacks[serve]'"
+        ) from None
+    signing = "signs with the given secret" if secret else "sends unsigned callbacks"
+    delays = ",".join(f"{delay:g}" for delay in args.retry_delays)
+    print(
+        f"fake Runflow on http://{args.host}:{args.port} ({signing}; "
+        f"{args.max_attempts} attempts, retries after {delays} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(fake, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
