@@ -24,6 +24,7 @@ from runflow_callbacks.stores import (
 )
 from runflow_callbacks.stores.memory import MemoryStore
 from runflow_callbacks.stores.sqlite import SQLiteStore
+from runflow_callbacks.testing import free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -67,6 +68,7 @@ def incoming(
     params=[
         "memory",
         "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
     ]
 )
 async def store_factory(
@@ -478,6 +480,14 @@ async def test_closed_store_refuses_work() -> None:
     await store.close()
     with pytest.raises(RuntimeError, match="closed"):
         await store.get("x")
+
+
+@pytest.mark.redis
+async def test_redis_unreachable_is_a_store_error() -> None:
+    async with open_store(f"redis://:hunter2@127.0.0.1:{free_port()}/0") as store:
+        with pytest.raises(StoreError) as caught:
+            await store.get("x")
+    assert "hunter2" not in str(caught.value)
 
 
 def test_default_key() -> None:

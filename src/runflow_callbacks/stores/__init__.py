@@ -486,6 +486,10 @@ def open_store(url: str, *, namespace: str = DEFAULT_NAMESPACE) -> CallbackStore
                 "a sqlite store URL needs a file: sqlite:///relative.db or sqlite:////abs.db"
             )
         return SQLiteStore(path, namespace=namespace)
+    if scheme in {"redis", "rediss", "unix"}:
+        from runflow_callbacks.stores.redis import RedisStore  # noqa: PLC0415 - load only the backend asked for
+
+        return RedisStore(url, namespace=namespace)
     shown = f"{scheme!r}" if scheme else "none"
     raise ConfigurationError(
         f"unknown store URL scheme ({shown}); use memory://, sqlite:///path.db, "

@@ -1,0 +1,402 @@
+"""The Redis store: several receiver replicas on several machines share one Redis.
+
+Every read-modify-write is one Lua script, so it is atomic on the server: two replicas
+claiming the same key cannot both win. Layout under the namespace ``ns``:
+
+- ``ns:cb:<key>``: a hash per callback (the body as raw bytes, times as integer microseconds);
+- ``ns:order``: a sorted set of keys by received time (listing);
+- ``ns:due``: a sorted set of keys by due time (``claim_due``; processed and dead leave it);
+- ``ns:stats``: a hash of counters kept by the scripts.
+
+A single Redis node (or a primary with replicas) is expected; the scripts touch several keys of
+one namespace, which Redis Cluster would need in one hash slot. Durability is Redis's own:
+configure ``appendonly yes`` (with ``appendfsync everysec`` or ``always``) so that a recorded
+callback survives a Redis restart.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Final
+
+from runflow_callbacks.errors import StoreError
+from runflow_callbacks.stores import (
+    DEFAULT_NAMESPACE,
+    Claim,
+    Recorded,
+    StoreBase,
+    StoredCallback,
+    StoreStats,
+    UnknownCallbackError,
+    aware,
+    check_lease,
+    check_limit,
+    check_namespace,
+    check_state,
+)
+from runflow_callbacks.stores._logic import new_token
+
+try:
+    import redis.asyncio as redis_asyncio
+    from redis.exceptions import RedisError
+except ImportError as exc:  # pragma: no cover - only without the extra
+    raise ImportError(
+        "the Redis store needs redis-py: pip install 'runflow-callbacks[redis]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from runflow_callbacks.stores import IncomingCallback, State
+
+__all__ = ["RedisStore"]
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+# Helpers shared by every script. ``move`` keeps the per-state counters right.
+_PRELUDE: Final = """
+local function move(stats, from, to)
+  if from then redis.call('HINCRBY', stats, 'state:' .. from, -1) end
+  if to then redis.call('HINCRBY', stats, 'state:' .. to, 1) end
+end
+local function claimable(h, state, now)
+  if state == 'received' or state == 'failed' then return true end
+  if state == 'processing' then
+    local expires = redis.call('HGET', h, 'lease_expires_at')
+    return (not expires) or tonumber(expires) <= now
+  end
+  return false
+end
+local function take(h, due, stats, key, state, now, expires, token)
+  redis.call('HSET', h, 'state', 'processing', 'lease_token', token,
+             'lease_expires_at', expires, 'updated_at', now)
+  redis.call('HINCRBY', h, 'attempts', 1)
+  redis.call('ZADD', due, expires, key)
+  move(stats, state, 'processing')
+end
+"""
+
+# KEYS: hash, order, due, stats. ARGV: key, received_at, source, field/value pairs...
+_RECORD: Final = (
+    _PRELUDE
+    + """
+local delivery = ARGV[3] == 'delivery'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if delivery then
+    redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+    redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+    redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
+  end
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+redis.call('HSET', KEYS[1], 'state', 'received', 'attempts', 0,
+           'deliveries', delivery and 1 or 0, 'received_at', ARGV[2], 'updated_at', ARGV[2],
+           'source', ARGV[3], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'received', 1)
+if not delivery then redis.call('HINCRBY', KEYS[4], 'reconciled', 1) end
+move(KEYS[4], nil, 'received')
+return {1, redis.call('HGETALL', KEYS[1])}
+"""
+)
+
+# KEYS: hash, due, stats. ARGV: key, now, lease expiry, token.
+_CLAIM: Final = (
+    _PRELUDE
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {-1} end
+if not claimable(KEYS[1], state, tonumber(ARGV[2])) then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+take(KEYS[1], KEYS[2], KEYS[3], ARGV[1], state, ARGV[2], ARGV[3], ARGV[4])
+return {1, redis.call('HGETALL', KEYS[1])}
+"""
+)
+
+# KEYS: hash, due, stats. ARGV: key, token, new state, now, error, retry_at ('' for none).
+_FINISH: Final = (
+    _PRELUDE
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state ~= 'processing' or redis.call('HGET', KEYS[1], 'lease_token') ~= ARGV[2] then
+  return 0
+end
+redis.call('HDEL', KEYS[1], 'lease_token', 'lease_expires_at', 'next_attempt_at')
+redis.call('HSET', KEYS[1], 'state', ARGV[3], 'updated_at', ARGV[4])
+if ARGV[3] == 'processed' then
+  redis.call('HSET', KEYS[1], 'processed_at', ARGV[4])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], 'last_error', ARGV[5])
+  if ARGV[3] == 'dead' then
+    redis.call('ZREM', KEYS[2], ARGV[1])
+  elseif ARGV[6] ~= '' then
+    redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[6])
+    redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+  else
+    redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+  end
+end
+move(KEYS[3], state, ARGV[3])
+return 1
+"""
+)
+
+# KEYS: due, stats. ARGV: hash prefix, now, lease expiry, limit, tokens...
+_CLAIM_DUE: Final = (
+    _PRELUDE
+    + """
+local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[4]))
+local out = {}
+for i, key in ipairs(keys) do
+  local h = ARGV[1] .. key
+  local state = redis.call('HGET', h, 'state')
+  if state and claimable(h, state, tonumber(ARGV[2])) then
+    take(h, KEYS[1], KEYS[2], key, state, ARGV[2], ARGV[3], ARGV[4 + i])
+    table.insert(out, {key, ARGV[4 + i], redis.call('HGETALL', h)})
+  elseif not state or state == 'processed' or state == 'dead' then
+    redis.call('ZREM', KEYS[1], key)
+  end
+end
+return out
+"""
+)
+
+# KEYS: hash, due, stats. ARGV: key, now.
+_RESET: Final = (
+    _PRELUDE
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state == 'processed' then return 0 end
+if state == 'processing' then
+  local expires = redis.call('HGET', KEYS[1], 'lease_expires_at')
+  if expires and tonumber(expires) > tonumber(ARGV[2]) then return 0 end
+end
+redis.call('HDEL', KEYS[1], 'lease_token', 'lease_expires_at', 'next_attempt_at')
+redis.call('HSET', KEYS[1], 'state', 'received', 'attempts', 0, 'updated_at', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+move(KEYS[3], state, 'received')
+return 1
+"""
+)
+
+_TEXT_FIELDS: Final = ("kind", "subject_id", "event", "secret_id", "secret_label", "request_id")
+
+
+def _us(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _dt(value: bytes | None) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=int(value))
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8")
+
+
+def _to_record(key: str, flat: list[bytes] | dict[bytes, bytes]) -> StoredCallback:
+    # Scripts answer HGETALL as a flat list; redis-py's own HGETALL answers a dict.
+    fields = flat if isinstance(flat, dict) else dict(zip(flat[::2], flat[1::2], strict=True))
+    received_at, updated_at = _dt(fields[b"received_at"]), _dt(fields[b"updated_at"])
+    assert received_at is not None
+    assert updated_at is not None
+    texts = {name: _text(fields.get(name.encode())) for name in _TEXT_FIELDS}
+    return StoredCallback(
+        key=key,
+        kind=texts["kind"] or "unknown",
+        subject_id=texts["subject_id"],
+        event=texts["event"],
+        body=fields[b"body"],
+        headers=json.loads(fields[b"headers"]),
+        secret_id=texts["secret_id"],
+        secret_label=texts["secret_label"],
+        request_id=texts["request_id"],
+        received_at=received_at,
+        source=fields[b"source"].decode(),  # type: ignore[arg-type] # written by record()
+        state=fields[b"state"].decode(),  # type: ignore[arg-type] # written by the scripts
+        attempts=int(fields[b"attempts"]),
+        deliveries=int(fields[b"deliveries"]),
+        last_error=_text(fields.get(b"last_error")),
+        next_attempt_at=_dt(fields.get(b"next_attempt_at")),
+        lease_expires_at=_dt(fields.get(b"lease_expires_at")),
+        processed_at=_dt(fields.get(b"processed_at")),
+        updated_at=updated_at,
+    )
+
+
+class RedisStore(StoreBase):
+    """A :class:`~runflow_callbacks.stores.CallbackStore` in Redis (``redis://``, ``rediss://``).
+
+    ``namespace`` prefixes every key (``<namespace>:...``). Connections come from redis-py's
+    pool, opened on first use.
+    """
+
+    def __init__(self, url: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        self.namespace = check_namespace(namespace)
+        self._client: Any = redis_asyncio.Redis.from_url(url, decode_responses=False)
+        prefix = f"{self.namespace}:"
+        self._hash_prefix = f"{prefix}cb:"
+        self._order, self._due, self._stats = f"{prefix}order", f"{prefix}due", f"{prefix}stats"
+        self._scripts = {
+            name: self._client.register_script(source)
+            for name, source in (
+                ("record", _RECORD),
+                ("claim", _CLAIM),
+                ("finish", _FINISH),
+                ("claim_due", _CLAIM_DUE),
+                ("reset", _RESET),
+            )
+        }
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"RedisStore(namespace={self.namespace!r})"  # the URL may hold a password
+
+    def _hash(self, key: str) -> str:
+        return self._hash_prefix + key
+
+    async def _call(self, work: Callable[[], Awaitable[Any]]) -> Any:
+        if self._closed:
+            raise RuntimeError("this store is closed")
+        try:
+            return await work()
+        except RedisError as exc:
+            # redis-py messages name host and port, never the password.
+            raise StoreError(f"Redis store error: {type(exc).__name__}: {exc}") from None
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        script = self._scripts[name]
+        return await self._call(lambda: script(keys=keys, args=args))
+
+    async def record(self, incoming: IncomingCallback) -> Recorded:
+        received_at = _us(aware(incoming.received_at, name="received_at"))
+        args: list[Any] = [incoming.key, received_at, incoming.source]
+        args += ["body", incoming.body, "headers", json.dumps(dict(incoming.headers))]
+        for name in _TEXT_FIELDS:
+            value = getattr(incoming, name)
+            if value is not None:
+                args += [name, value]
+        keys = [self._hash(incoming.key), self._order, self._due, self._stats]
+        inserted, flat = await self._script("record", keys, args)
+        return Recorded(_to_record(incoming.key, flat), inserted=bool(inserted))
+
+    async def claim(self, key: str, *, now: datetime, lease: timedelta) -> Claim:
+        now, lease = aware(now), check_lease(lease)
+        token = new_token()
+        answer = await self._script(
+            "claim",
+            [self._hash(key), self._due, self._stats],
+            [key, _us(now), _us(now + lease), token],
+        )
+        if answer[0] == -1:
+            raise UnknownCallbackError(key)
+        record = _to_record(key, answer[1])
+        return Claim(record, token if answer[0] == 1 else None)
+
+    async def _finish(self, key: str, token: str, state: State, args: list[Any]) -> bool:
+        answer = await self._script(
+            "finish", [self._hash(key), self._due, self._stats], [key, token, state, *args]
+        )
+        if answer == -1:
+            raise UnknownCallbackError(key)
+        return bool(answer == 1)
+
+    async def complete(self, key: str, token: str, *, now: datetime) -> bool:
+        return await self._finish(key, token, "processed", [_us(aware(now)), "", ""])
+
+    async def fail(
+        self,
+        key: str,
+        token: str,
+        *,
+        now: datetime,
+        error: str,
+        retry_at: datetime | None,
+        dead: bool = False,
+    ) -> bool:
+        retry = "" if retry_at is None or dead else _us(aware(retry_at, name="retry_at"))
+        state: State = "dead" if dead else "failed"
+        return await self._finish(key, token, state, [_us(aware(now)), error, retry])
+
+    async def claim_due(self, *, now: datetime, lease: timedelta, limit: int) -> list[Claim]:
+        now, lease = aware(now), check_lease(lease)
+        check_limit(limit)
+        tokens = [new_token() for _ in range(limit)]
+        taken = await self._script(
+            "claim_due",
+            [self._due, self._stats],
+            [self._hash_prefix, _us(now), _us(now + lease), limit, *tokens],
+        )
+        return [Claim(_to_record(key.decode(), flat), token.decode()) for key, token, flat in taken]
+
+    async def get(self, key: str) -> StoredCallback | None:
+        flat = await self._call(lambda: self._client.execute_command("HGETALL", self._hash(key)))
+        return _to_record(key, flat) if flat else None
+
+    async def list_callbacks(
+        self, *, limit: int | None = None, state: State | None = None
+    ) -> list[StoredCallback]:
+        check_limit(limit)
+        check_state(state)
+        found: list[StoredCallback] = []
+        start, page = 0, 500
+        while limit is None or len(found) < limit:
+            keys: list[bytes] = await self._call(
+                functools.partial(self._client.zrange, self._order, start, start + page - 1)
+            )
+            if not keys:
+                break
+            start += page
+
+            async def fetch(keys: list[bytes] = keys) -> list[Any]:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.execute_command("HGETALL", self._hash(key.decode()))
+                    return list(await pipe.execute())
+
+            for key, flat in zip(keys, await self._call(fetch), strict=True):
+                if flat:
+                    record = _to_record(key.decode(), flat)
+                    if state is None or record.state == state:
+                        found.append(record)
+        return found if limit is None else found[:limit]
+
+    async def stats(self) -> StoreStats:
+        raw = await self._call(lambda: self._client.hgetall(self._stats))
+        counts = {name.decode(): int(value) for name, value in raw.items()}
+        return StoreStats(
+            received=counts.get("received", 0),
+            duplicates=counts.get("duplicates", 0),
+            pending=counts.get("state:received", 0),
+            processing=counts.get("state:processing", 0),
+            processed=counts.get("state:processed", 0),
+            failed=counts.get("state:failed", 0),
+            dead=counts.get("state:dead", 0),
+            reconciled=counts.get("reconciled", 0),
+            rejected=counts.get("rejected", 0),
+        )
+
+    async def note_rejected(self, count: int = 1) -> None:
+        check_limit(count, name="count")
+        await self._call(lambda: self._client.hincrby(self._stats, "rejected", count))
+
+    async def reset_for_retry(self, key: str, *, now: datetime) -> bool:
+        answer = await self._script(
+            "reset", [self._hash(key), self._due, self._stats], [key, _us(aware(now))]
+        )
+        if answer == -1:
+            raise UnknownCallbackError(key)
+        return bool(answer == 1)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._client.aclose()
