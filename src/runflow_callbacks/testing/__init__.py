@@ -34,7 +34,12 @@ from runflow_callbacks.testing.requests import (
     with_z_timestamps,
     without_signature,
 )
-from runflow_callbacks.testing.server import free_port, serve_in_thread, wait_for_port
+from runflow_callbacks.testing.server import (
+    free_port,
+    serve_in_thread,
+    serve_process,
+    wait_for_port,
+)
 
 __all__ = [
     "BATCH_EVENT_STATUS",
@@ -53,6 +58,7 @@ __all__ = [
     "run_payload",
     "serve_fake_runflow",
     "serve_in_thread",
+    "serve_process",
     "signed_request",
     "signed_with",
     "wait_for_port",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 from runflow_callbacks.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping, Sequence
+    from pathlib import Path
 
-__all__ = ["free_port", "serve_in_thread", "wait_for_port"]
+__all__ = ["free_port", "serve_in_thread", "serve_process", "wait_for_port"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -88,3 +90,40 @@ def serve_in_thread(
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@contextlib.contextmanager
+def serve_process(
+    argv: Sequence[str],
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    log_path: str | Path | None = None,
+    startup_timeout: float = 30.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server process, wait until it listens on ``host:port``, stop it afterwards.
+
+    Output goes to ``log_path`` (discarded without one). The process is terminated (killed
+    after 10 seconds) when the block ends, also when it failed to start.
+    """
+    with contextlib.ExitStack() as stack:
+        out = (
+            stack.enter_context(open(log_path, "wb"))
+            if log_path is not None
+            else subprocess.DEVNULL
+        )
+        process = subprocess.Popen(  # noqa: S603 - argv comes from the caller, not a shell
+            list(argv), env=None if env is None else dict(env), cwd=cwd, stdout=out, stderr=out
+        )
+        try:
+            wait_for_port(host, port, timeout=startup_timeout)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # pragma: no cover - only a hung server
+                process.kill()
+                process.wait(timeout=10)
