@@ -493,10 +493,14 @@ class CallbackOptions:
         except RunflowCallbackError as error:
             status, content = error_answer(error)
             log_rejection(error, status, header_request_id(scope), started)
+            await self.rejected(error)
             await send_json(send, status, content)
             return None
         scope.setdefault("state", {})[STATE_KEY] = context
         return context
+
+    async def rejected(self, error: RunflowCallbackError) -> None:
+        """Called once for each request answered 400, 401 or 413; override to count them."""
 
 
 class CallbackMiddleware(CallbackOptions):

@@ -25,17 +25,31 @@ exception is logged, and Runflow retries), and 200 ``{"status": "unhandled"}`` w
 when no handler matches the event (unknown events are normal as Runflow evolves).
 
 Every verified callback goes through :meth:`CallbackReceiver.process`, the single dispatch
-point: wrap or override it to add deduplication or an inbox.
+point. Give the receiver a ``store`` and it becomes exactly-once (see
+:mod:`runflow_callbacks.processing`)::
+
+    receiver = CallbackReceiver(secrets=[...], store=open_store("sqlite:///./callbacks.db"))
+
+Each verified callback is then recorded durably before any answer, its handler runs once per
+idempotency key, a duplicate of a processed callback answers 200 without running it again, and
+a concurrent duplicate answers 409 so that Runflow retries. With ``mode="inbox"`` the answer is
+200 as soon as the callback is recorded, and the worker started by :meth:`CallbackReceiver.worker`
+(or by the ASGI lifespan when the receiver is the whole app) runs the handlers, retrying failures
+with backoff. A store that cannot be reached answers 503: nothing is acknowledged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import inspect
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Final, TypeVar, Union
 
 import anyio.to_thread
@@ -49,18 +63,29 @@ from runflow_callbacks.asgi import (
     send_json,
     utc_now,
 )
-from runflow_callbacks.errors import ConfigurationError
+from runflow_callbacks.errors import ConfigurationError, RunflowCallbackError, StoreError
+from runflow_callbacks.processing import (
+    DEFAULT_LEASE,
+    DEFAULT_MAX_TRIES,
+    CallbackProcessor,
+    Mode,
+    ProcessingContext,
+)
+from runflow_callbacks.stores import IncomingCallback, KeyFunction, default_key
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from datetime import datetime
 
     from starlette.types import Receive, Scope, Send
 
+    from runflow_callbacks.stores import CallbackStore
     from runflow_callbacks.verifier import SecretsInput, Verifier
 
 __all__ = [
     "FAILED",
     "PROCESSED",
+    "STORE_UNAVAILABLE",
     "UNHANDLED",
     "CallbackReceiver",
     "Handler",
@@ -71,6 +96,8 @@ Handler = Union[Callable[[CallbackContext], Awaitable[object]], Callable[[Callba
 """A callback handler: ``handler(context)``, sync or async; its return value is ignored."""
 
 H = TypeVar("H", bound=Handler)
+
+logger = logging.getLogger("runflow_callbacks.receiver")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +140,10 @@ UNHANDLED: Final = Outcome("unhandled")
 FAILED: Final = Outcome(
     "handler_failed", 500, "the callback handler raised an error; Runflow will retry"
 )
+#: The store could not record the callback: 503, nothing was acknowledged.
+STORE_UNAVAILABLE: Final = Outcome(
+    "store_unavailable", 503, "the callback could not be recorded; Runflow will retry"
+)
 
 
 @functools.lru_cache(maxsize=64)
@@ -135,7 +166,11 @@ class CallbackReceiver(CallbackOptions):
 
     Options (keyword-only) as for :class:`~runflow_callbacks.asgi.CallbackMiddleware`:
     ``secrets`` (one, several during a rotation, or a ``Verifier``), ``max_body_bytes``
-    (default 16 MiB), ``allow_unsigned`` (default False) and ``clock``.
+    (default 16 MiB), ``allow_unsigned`` (default False) and ``clock``. With a ``store``
+    (see :func:`~runflow_callbacks.stores.open_store`) callbacks are received exactly once;
+    ``mode`` (``"sync"`` or ``"inbox"``), ``lease``, ``max_tries``, ``backoff`` and ``key``
+    configure the :class:`~runflow_callbacks.processing.CallbackProcessor` it then drives
+    (``receiver.processor``).
     """
 
     def __init__(
@@ -145,6 +180,12 @@ class CallbackReceiver(CallbackOptions):
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         allow_unsigned: bool = False,
         clock: Callable[[], datetime] = utc_now,
+        store: CallbackStore | None = None,
+        mode: Mode = "sync",
+        lease: timedelta = DEFAULT_LEASE,
+        max_tries: int | None = DEFAULT_MAX_TRIES,
+        backoff: Callable[[int], timedelta] | None = None,
+        key: KeyFunction = default_key,
     ) -> None:
         super().__init__(
             secrets=secrets,
@@ -154,6 +195,22 @@ class CallbackReceiver(CallbackOptions):
         )
         self._handlers: dict[str, tuple[Handler, bool]] = {}
         self._fallback: tuple[Handler, bool] | None = None
+        self.store = store
+        self.processor: CallbackProcessor | None = None
+        if store is not None:
+            self.processor = CallbackProcessor(
+                store,
+                self._run_stored,
+                mode=mode,
+                lease=lease,
+                max_tries=max_tries,
+                backoff=backoff,
+                clock=clock,
+                key=key,
+            )
+        elif mode != "sync":
+            raise ConfigurationError("mode='inbox' needs a store to keep the inbox in")
+        self._worker_running = False
 
     # --- registration --------------------------------------------------------------------
 
@@ -206,13 +263,40 @@ class CallbackReceiver(CallbackOptions):
     # --- dispatch ------------------------------------------------------------------------
 
     async def process(self, context: CallbackContext) -> Outcome:
-        """Run the handler for one verified callback; the single dispatch point.
+        """Handle one verified callback; the single dispatch point.
 
-        Returns :data:`PROCESSED` when the handler returned, :data:`UNHANDLED` when no handler
-        matches the event, and a failed outcome (500, with ``error`` set) when it raised. It
-        never raises for a handler's error, so a layer wrapping it (record, claim, run,
-        complete or fail) sees every result as an :class:`Outcome`.
+        Without a store: :data:`PROCESSED` when the handler returned, :data:`UNHANDLED` when no
+        handler matches the event, and a failed outcome (500, with ``error`` set) when it
+        raised. With a store, the processor's outcome (``processed``, ``duplicate``,
+        ``recorded``, ``dead``: 200; ``in_progress``: 409; ``failed``: 500) or
+        :data:`STORE_UNAVAILABLE` (503). It never raises for a handler's or a store's error.
         """
+        processor = self.processor
+        if processor is None:
+            return await self.run_handler(context)
+        try:
+            result = await processor.handle(
+                IncomingCallback.from_context(context, key=processor.key),
+                payload=context.payload,
+            )
+        except StoreError as error:
+            logger.error("runflow callback not recorded: the store failed (%s)", error)  # noqa: TRY400 - the store error says enough; no traceback
+            return STORE_UNAVAILABLE
+        if result.status == "processed":
+            return PROCESSED
+        return Outcome(result.status, result.http_status, result.detail, result.error)
+
+    async def rejected(self, error: RunflowCallbackError) -> None:
+        """Count a rejected request in the store (``stats().rejected``), when there is one."""
+        if self.store is None:
+            return
+        try:
+            await self.store.note_rejected()
+        except StoreError as store_error:
+            logger.warning("could not count a rejected callback: %s", store_error)
+
+    async def run_handler(self, context: CallbackContext) -> Outcome:
+        """Run the handler registered for ``context.event`` (no store involved)."""
         entry = self._lookup(context.event)
         if entry is None:
             return UNHANDLED
@@ -226,9 +310,62 @@ class CallbackReceiver(CallbackOptions):
             return Outcome(FAILED.status, FAILED.http_status, FAILED.detail, error)
         return PROCESSED
 
+    async def _run_stored(self, processing: ProcessingContext) -> None:
+        """The processor's handler: rebuild the context from the record and run the handler."""
+        record = processing.record
+        context = CallbackContext(
+            payload=processing.payload,
+            body=record.body,
+            secret_id=record.secret_id,
+            secret_label=record.secret_label,
+            request_id=record.request_id,
+            headers=dict(record.headers),
+            received_at=record.received_at,
+            signed=record.secret_id is not None or record.secret_label is not None,
+        )
+        outcome = await self.run_handler(context)
+        if outcome.error is not None:
+            raise outcome.error
+
+    @contextlib.asynccontextmanager
+    async def worker(
+        self, *, poll_interval: timedelta | None = None
+    ) -> AsyncIterator[CallbackProcessor | None]:
+        """Run the inbox worker for the duration of the block (inbox mode only).
+
+        Use it in your application's lifespan when the receiver is mounted as a route::
+
+            @contextlib.asynccontextmanager
+            async def lifespan(app):
+                async with receiver.worker():
+                    yield
+
+        Outside inbox mode it does nothing. When the receiver is the whole ASGI app, its own
+        lifespan runs the worker.
+        """
+        processor = self.processor
+        if processor is None or processor.mode != "inbox" or self._worker_running:
+            yield processor
+            return
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            processor.run_worker(stop=stop, poll_interval=poll_interval or timedelta(seconds=1))
+        )
+        self._worker_running = True
+        try:
+            yield processor
+        finally:
+            stop.set()
+            self._worker_running = False
+            await task
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http":
+            if kind == "lifespan":
+                async with self.worker():
+                    await _not_http(scope, receive, send)
+                return
             await _not_http(scope, receive, send)
             return
         started = time.perf_counter()
