@@ -261,6 +261,9 @@ def _parse_signature_slow(signature: object) -> bytes:
     head, sep, tail = text.partition("=")
     if sep and head and all(c.isalnum() or c == "-" for c in head) and tail:
         raise MalformedSignatureError("prefix", length=len(text))
+    if "," in text and len(text) > _HEX_SIZE:
+        # A proxy folded repeated headers into one ("<hex>, <hex>"): say so, not "length".
+        raise MalformedSignatureError("multiple", length=len(text))
     if len(text) != _HEX_SIZE:
         raise MalformedSignatureError("length", length=len(text))
     if not _HEX_DIGITS.issuperset(text):
