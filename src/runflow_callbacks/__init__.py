@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from runflow_callbacks.asgi import CallbackContext, CallbackMiddleware, get_callback
 from runflow_callbacks.client import AsyncRunflowClient, CallbackSecret, RunflowClient
+from runflow_callbacks.diagnose import MismatchHint, diagnose_mismatch
 from runflow_callbacks.errors import (
     ConfigurationError,
     InvalidPayloadError,
@@ -66,6 +67,7 @@ __all__ = [
     "IncrementalVerifier",
     "InvalidPayloadError",
     "MalformedSignatureError",
+    "MismatchHint",
     "MissingSignatureError",
     "Outcome",
     "PayloadTooLargeError",
@@ -80,6 +82,7 @@ __all__ = [
     "VerificationError",
     "Verifier",
     "__version__",
+    "diagnose_mismatch",
     "dumps_payload",
     "get_callback",
     "is_valid",
