@@ -13,6 +13,7 @@ import pytest
 from runflow_callbacks import (
     BatchCallbackDelivery,
     ConfigurationError,
+    InvalidPayloadError,
     RunCallbackDelivery,
     RunflowAPIError,
 )
@@ -265,3 +266,48 @@ async def test_async_client_does_the_same(runflow: RunningFakeRunflow, hook: str
         created = await api.create_callback_secret(label="a")
         updated = await api.update_callback_secret(str(created.id), label="b")
         assert (await api.get_callback_secret(str(updated.id))).label == "b"
+
+
+def test_raw_history_is_checked_and_needs_one_subject() -> None:
+    transport = httpx.MockTransport(lambda _request: httpx.Response(200, json={"not": "a list"}))
+    with RunflowClient(api_key="k", transport=transport) as api:
+        with pytest.raises(InvalidPayloadError, match="JSON array"):
+            api.delivery_history_json(batch_id="b")
+        with pytest.raises(ConfigurationError, match="exactly one"):
+            api.delivery_history_json(batch_id="b", run_id="r")
+        with pytest.raises(ConfigurationError, match="exactly one"):
+            api.delivery_history_json()
+
+
+def test_unexpected_record_shapes_raise_our_error() -> None:
+    answers = {
+        "/v1/batches/b/callback": httpx.Response(200, json=[{"attempts": "many"}]),
+        "/v1/runs/r/callback-redeliveries": httpx.Response(201, json={"is_automatic": "maybe"}),
+        "/v1/callback-secrets/s": httpx.Response(200, json={"is_current": []}),
+    }
+    transport = httpx.MockTransport(lambda request: answers[request.url.path])
+    with RunflowClient(api_key="k", transport=transport) as api:
+        with pytest.raises(InvalidPayloadError):
+            api.batch_deliveries("b")
+        with pytest.raises(InvalidPayloadError):
+            api.redeliver_run("r")
+        with pytest.raises(InvalidPayloadError):
+            api.get_callback_secret("s")
+
+
+async def test_async_client_network_errors_and_timeouts() -> None:
+    delays: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        delays.append(seconds)
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    async with AsyncRunflowClient(
+        api_key="k", transport=httpx.MockTransport(refuse), sleep=no_wait, max_attempts=3
+    ) as api:
+        with pytest.raises(RunflowAPIError) as caught:
+            await api.run_deliveries("r")
+    assert (caught.value.status, caught.value.code) == (0, "timeout")
+    assert len(delays) == 2
