@@ -70,6 +70,7 @@ from runflow_callbacks.processing import (
     CallbackProcessor,
     Mode,
     ProcessingContext,
+    ProcessingHandler,
 )
 from runflow_callbacks.stores import IncomingCallback, KeyFunction, default_key
 
@@ -90,6 +91,8 @@ __all__ = [
     "CallbackReceiver",
     "Handler",
     "Outcome",
+    "as_processing_handler",
+    "context_from_processing",
 ]
 
 Handler = Union[Callable[[CallbackContext], Awaitable[object]], Callable[[CallbackContext], object]]  # noqa: UP007 - a runtime alias must work on Python 3.10
@@ -311,19 +314,8 @@ class CallbackReceiver(CallbackOptions):
         return PROCESSED
 
     async def _run_stored(self, processing: ProcessingContext) -> None:
-        """The processor's handler: rebuild the context from the record and run the handler."""
-        record = processing.record
-        context = CallbackContext(
-            payload=processing.payload,
-            body=record.body,
-            secret_id=record.secret_id,
-            secret_label=record.secret_label,
-            request_id=record.request_id,
-            headers=dict(record.headers),
-            received_at=record.received_at,
-            signed=record.secret_id is not None or record.secret_label is not None,
-        )
-        outcome = await self.run_handler(context)
+        """The processor's handler: run the handler on the context rebuilt from the record."""
+        outcome = await self.run_handler(context_from_processing(processing))
         if outcome.error is not None:
             raise outcome.error
 
@@ -378,6 +370,38 @@ class CallbackReceiver(CallbackOptions):
         log_outcome(context, outcome.status, started, error=outcome.error)
         body = _encoded(outcome) if outcome.error is None else outcome.body()
         await send_json(send, outcome.http_status, body)
+
+
+def context_from_processing(processing: ProcessingContext) -> CallbackContext:
+    """The :class:`CallbackContext` of a stored callback (inbox worker, retry, reconcile)."""
+    record = processing.record
+    return CallbackContext(
+        payload=processing.payload,
+        body=record.body,
+        secret_id=record.secret_id,
+        secret_label=record.secret_label,
+        request_id=record.request_id,
+        headers=dict(record.headers),
+        received_at=record.received_at,
+        signed=record.secret_id is not None or record.secret_label is not None,
+    )
+
+
+def as_processing_handler(handler: Handler) -> ProcessingHandler:
+    """Adapt a receiver handler (taking a :class:`CallbackContext`) for a bare
+    :class:`~runflow_callbacks.processing.CallbackProcessor` (``inbox retry``, ``reconcile``)."""
+    _check_handler(handler)
+    if _is_async(handler):
+
+        async def run_async(processing: ProcessingContext) -> None:
+            await handler(context_from_processing(processing))  # type: ignore[misc] # checked by _is_async
+
+        return run_async
+
+    def run_sync(processing: ProcessingContext) -> None:
+        handler(context_from_processing(processing))
+
+    return run_sync
 
 
 def _check_event(name: object) -> None:

@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "runflow_callbacks.cli.demo",
     "runflow_callbacks.cli.api",
     "runflow_callbacks.cli.fake",
+    "runflow_callbacks.cli.serve",
 )
 
 
