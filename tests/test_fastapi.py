@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from typing import Any
@@ -174,3 +175,23 @@ def test_importing_the_package_does_not_import_fastapi() -> None:
 def test_run_payload_model_is_accepted_too() -> None:
     dependency = CallbackDependency(secrets=SECRET).payload(RunCallbackPayload)
     assert dependency.__name__ == "runflow_RunCallbackPayload"
+
+
+async def test_a_client_leaving_mid_body_ends_the_request_without_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from asgi_driver import drive
+
+    called: list[bool] = []
+    dependency = CallbackDependency(secrets=SECRET)
+    app = FastAPI()
+
+    @app.post(PATH)
+    async def route(context: CallbackContext = Depends(dependency)) -> dict[str, str]:  # noqa: B008 - FastAPI's idiom
+        called.append(True)
+        return {}
+
+    body = batch_body()
+    await drive(app, chunks=[body[:10], body[10:]], headers=signed(body), disconnect_after=1)
+    assert called == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
