@@ -63,3 +63,9 @@ def test_no_hint_when_no_rewrite_explains_it(body: bytes) -> None:
 
 def test_a_malformed_signature_gives_no_hint() -> None:
     assert diagnose_mismatch(BODY + b"\n", "sha256=" + SIGNATURE, SECRET) is None
+
+
+def test_buffer_bodies_are_diagnosed_too() -> None:
+    hint = diagnose_mismatch(memoryview(REWRITES["z_timestamps"]), SIGNATURE.encode(), SECRET)
+    assert hint is not None
+    assert hint.code == "z_timestamps"

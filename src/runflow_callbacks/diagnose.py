@@ -26,7 +26,7 @@ from runflow_callbacks.wire import payload_to_dict
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from runflow_callbacks.verifier import SecretsInput
+    from runflow_callbacks.verifier import Body, SecretsInput
 
 __all__ = ["MismatchHint", "diagnose_mismatch"]
 
@@ -53,30 +53,31 @@ _REWRITTEN: Final = (
 )
 
 
-def _strip_newline(body: bytes) -> bytes | None:
+def _without_trailing_newline(body: bytes) -> Iterator[bytes]:
     stripped = body.rstrip(b"\r\n")
-    return stripped if stripped != body else None
+    if stripped != body:
+        yield stripped
 
 
-def _plus_zero(body: bytes) -> bytes | None:
+def _with_plus_zero(body: bytes) -> Iterator[bytes]:
     repaired = _Z_TIMESTAMP.sub(rb'\1+00:00"', body)
-    return repaired if repaired != body else None
+    if repaired != body:
+        yield repaired
 
 
-def _loads(body: bytes) -> object:
+def _reserialized(body: bytes) -> Iterator[bytes]:
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (ValueError, RecursionError):
-        return None
-
-
-def _reserialize(body: bytes) -> Iterator[bytes]:
-    data = _loads(body)
-    if data is None:
         return
     yield json.dumps(data).encode()
     if isinstance(data, dict):
         yield json.dumps(payload_to_dict(data)).encode()
+
+
+def _with_plus_zero_reserialized(body: bytes) -> Iterator[bytes]:
+    for repaired in _with_plus_zero(body):
+        yield from _reserialized(repaired)
 
 
 # Each repair: (code, message, candidate bodies). Earlier repairs are the more specific ones.
@@ -85,31 +86,31 @@ _REPAIRS: Final[tuple[tuple[str, str, Callable[[bytes], Iterator[bytes]]], ...]]
         "trailing_newline",
         "the signature matches once the trailing newline is removed: an editor, `echo` or a "
         "proxy added it; verify the raw request bytes exactly as received",
-        lambda body: iter(filter(None, [_strip_newline(body)])),
+        _without_trailing_newline,
     ),
     (
         "z_timestamps",
         "the signature matches once `Z` timestamps are written as `+00:00` like Runflow "
         "writes them" + _REWRITTEN,
-        lambda body: iter(filter(None, [_plus_zero(body)])),
+        _with_plus_zero,
     ),
     (
         "reserialized",
         "the signature matches once the JSON is written the way Runflow writes it "
         "(json.dumps defaults, its field order)" + _REWRITTEN,
-        _reserialize,
+        _reserialized,
     ),
     (
         "z_timestamps_reserialized",
         "the signature matches once the JSON is written the way Runflow writes it, with "
         "`+00:00` instead of `Z` in timestamps" + _REWRITTEN,
-        lambda body: _reserialize(_plus_zero(body) or b""),
+        _with_plus_zero_reserialized,
     ),
 )
 
 
 def diagnose_mismatch(
-    body: bytes, signature: str | bytes | None, secrets: SecretsInput
+    body: Body, signature: str | bytes | None, secrets: SecretsInput
 ) -> MismatchHint | None:
     """Find a common rewrite of ``body`` (or of a secret) under which ``signature`` matches.
 
@@ -118,10 +119,11 @@ def diagnose_mismatch(
     rewrite explains the mismatch (then the secret is the likely cause). Tries a handful of
     candidates, each one HMAC per secret; meant for debugging, not for the request path.
     """
+    raw = bytes(body)
     configured = normalize_secrets(secrets)
     verifier = Verifier(configured)
     for code, message, candidates in _REPAIRS:
-        for candidate in candidates(body):
+        for candidate in candidates(raw):
             try:
                 secret = verifier.verify(candidate, signature)
             except VerificationError:
@@ -134,7 +136,7 @@ def diagnose_mismatch(
         prefixed = Secret(_WHSEC + value, id=secret.id, label=secret.label)
         prefixed.position = secret.position
         try:
-            Verifier(prefixed).verify(body, signature)
+            Verifier(prefixed).verify(raw, signature)
         except VerificationError:
             continue
         return MismatchHint(
