@@ -308,10 +308,27 @@ async def test_reconciled_payloads(store: CallbackStore, clock: Clock) -> None:
     assert (stats.received, stats.reconciled, stats.duplicates) == (2, 1, 0)
 
 
-async def test_exactly_once_across_two_replicas_with_failures(tmp_path: Path) -> None:
-    """Two processors on separate connections to one SQLite file; every callback delivered
-    three times concurrently; a third of the first tries fail. Each runs successfully once."""
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL two replicas can share."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+async def test_exactly_once_across_two_replicas_with_failures(
+    shared_url: str, namespace: str
+) -> None:
+    """Two processors on separate connections to one store; every callback delivered four
+    times concurrently; a third of the first tries fail. Each runs successfully once."""
+    url = shared_url
     effects: list[str] = []
     failed_once: set[str] = set()
 
@@ -322,7 +339,10 @@ async def test_exactly_once_across_two_replicas_with_failures(tmp_path: Path) ->
             raise RuntimeError("flaky")
         effects.append(context.key)
 
-    async with open_store(url) as first, open_store(url) as second:
+    async with (
+        open_store(url, namespace=namespace) as first,
+        open_store(url, namespace=namespace) as second,
+    ):
         replicas = [CallbackProcessor(s, handler, max_tries=None) for s in (first, second)]
 
         async def deliver(index: int) -> None:

@@ -69,6 +69,7 @@ def incoming(
         "memory",
         "sqlite",
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 async def store_factory(
@@ -485,6 +486,15 @@ async def test_closed_store_refuses_work() -> None:
 @pytest.mark.redis
 async def test_redis_unreachable_is_a_store_error() -> None:
     async with open_store(f"redis://:hunter2@127.0.0.1:{free_port()}/0") as store:
+        with pytest.raises(StoreError) as caught:
+            await store.get("x")
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.postgres
+async def test_postgres_unreachable_is_a_store_error() -> None:
+    url = f"postgresql://u:hunter2@127.0.0.1:{free_port()}/db?connect_timeout=5"
+    async with open_store(url) as store:
         with pytest.raises(StoreError) as caught:
             await store.get("x")
     assert "hunter2" not in str(caught.value)

@@ -457,6 +457,17 @@ def error_text(error: BaseException, *, max_chars: int = 2000) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 
+def scrub(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` masked (driver messages may echo connection info)."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    for secret in {password, unquote(password or "")} - {None, ""}:
+        text = text.replace(str(secret), "***")
+    return text
+
+
 def open_store(url: str, *, namespace: str = DEFAULT_NAMESPACE) -> CallbackStore:
     """Open the store a URL names; no I/O happens until the first operation.
 
@@ -490,6 +501,10 @@ def open_store(url: str, *, namespace: str = DEFAULT_NAMESPACE) -> CallbackStore
         from runflow_callbacks.stores.redis import RedisStore  # noqa: PLC0415 - load only the backend asked for
 
         return RedisStore(url, namespace=namespace)
+    if scheme in {"postgresql", "postgres"}:
+        from runflow_callbacks.stores.postgres import PostgresStore  # noqa: PLC0415 - load only the backend asked for
+
+        return PostgresStore(url, namespace=namespace)
     shown = f"{scheme!r}" if scheme else "none"
     raise ConfigurationError(
         f"unknown store URL scheme ({shown}); use memory://, sqlite:///path.db, "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Final
 
 from runflow_callbacks.errors import StoreError
@@ -35,8 +34,9 @@ from runflow_callbacks.stores import (
     check_limit,
     check_namespace,
     check_state,
+    scrub,
 )
-from runflow_callbacks.stores._logic import new_token
+from runflow_callbacks.stores._logic import from_us, new_token, to_us
 
 try:
     import redis.asyncio as redis_asyncio
@@ -48,12 +48,11 @@ except ImportError as exc:  # pragma: no cover - only without the extra
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from datetime import datetime, timedelta
 
     from runflow_callbacks.stores import IncomingCallback, State
 
 __all__ = ["RedisStore"]
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # Helpers shared by every script. ``move`` keeps the per-state counters right.
 _PRELUDE: Final = """
@@ -189,12 +188,11 @@ return 1
 _TEXT_FIELDS: Final = ("kind", "subject_id", "event", "secret_id", "secret_label", "request_id")
 
 
-def _us(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
+_us = to_us
 
 
 def _dt(value: bytes | None) -> datetime | None:
-    return None if value is None else _EPOCH + timedelta(microseconds=int(value))
+    return None if value is None else from_us(value)
 
 
 def _text(value: bytes | None) -> str | None:
@@ -240,6 +238,7 @@ class RedisStore(StoreBase):
 
     def __init__(self, url: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
         self.namespace = check_namespace(namespace)
+        self._url = url
         self._client: Any = redis_asyncio.Redis.from_url(url, decode_responses=False)
         prefix = f"{self.namespace}:"
         self._hash_prefix = f"{prefix}cb:"
@@ -269,7 +268,8 @@ class RedisStore(StoreBase):
             return await work()
         except RedisError as exc:
             # redis-py messages name host and port, never the password.
-            raise StoreError(f"Redis store error: {type(exc).__name__}: {exc}") from None
+            text = scrub(str(exc), self._url)
+            raise StoreError(f"Redis store error: {type(exc).__name__}: {text}") from None
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         script = self._scripts[name]

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -33,7 +34,14 @@ from runflow_callbacks.stores import (
     check_namespace,
     check_state,
 )
-from runflow_callbacks.stores._logic import can_claim, new_token, resettable
+from runflow_callbacks.stores._logic import (
+    can_claim,
+    from_us,
+    new_token,
+    record_from_row,
+    resettable,
+    to_us,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,7 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _COLUMNS: Final = (
     "key, kind, subject_id, event, body, headers, secret_id, secret_label, request_id, "
     "received_at, source, state, attempts, deliveries, last_error, next_attempt_at, "
@@ -52,39 +59,15 @@ _COLUMNS: Final = (
 
 
 def _us(moment: datetime | None) -> int | None:
-    """A UTC datetime as integer microseconds since the epoch (exact, sortable)."""
-    return None if moment is None else (moment - _EPOCH) // timedelta(microseconds=1)
+    return None if moment is None else to_us(moment)
 
 
 def _dt(value: int | None) -> datetime | None:
-    return None if value is None else _EPOCH + timedelta(microseconds=value)
+    return None if value is None else from_us(value)
 
 
 def _to_record(row: sqlite3.Row) -> StoredCallback:
-    received_at, updated_at = _dt(row["received_at"]), _dt(row["updated_at"])
-    assert received_at is not None
-    assert updated_at is not None
-    return StoredCallback(
-        key=row["key"],
-        kind=row["kind"],
-        subject_id=row["subject_id"],
-        event=row["event"],
-        body=bytes(row["body"]),
-        headers=json.loads(row["headers"]),
-        secret_id=row["secret_id"],
-        secret_label=row["secret_label"],
-        request_id=row["request_id"],
-        received_at=received_at,
-        source=row["source"],
-        state=row["state"],
-        attempts=row["attempts"],
-        deliveries=row["deliveries"],
-        last_error=row["last_error"],
-        next_attempt_at=_dt(row["next_attempt_at"]),
-        lease_expires_at=_dt(row["lease_expires_at"]),
-        processed_at=_dt(row["processed_at"]),
-        updated_at=updated_at,
-    )
+    return record_from_row(row, _dt)
 
 
 class SQLiteStore(StoreBase):
@@ -129,9 +112,28 @@ class SQLiteStore(StoreBase):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the SQLite store: {exc}") from None
         connection.row_factory = sqlite3.Row
+        try:
+            self._prepare(connection)
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+        return connection
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
         table = self.namespace
         connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout.total_seconds() * 1000)}")
-        connection.execute("PRAGMA journal_mode = WAL")
+        # Switching a new file to WAL takes a lock SQLite's busy handler does not wait for, so
+        # processes opening the same new file together retry here (bounded by busy_timeout).
+        deadline = time.monotonic() + self.busy_timeout.total_seconds()
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         connection.execute("PRAGMA synchronous = FULL")
         connection.executescript(
             f"""
@@ -168,15 +170,16 @@ class SQLiteStore(StoreBase):
             );
             """
         )
-        self._connection = connection
-        return connection
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise RuntimeError("this store is closed")
 
         def call() -> T:
-            connection = self._connect()
+            try:
+                connection = self._connect()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the SQLite store: {exc}") from None
             try:
                 return work(connection)
             except sqlite3.Error as exc:

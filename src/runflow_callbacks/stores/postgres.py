@@ -1,0 +1,395 @@
+"""The PostgreSQL store: several receiver replicas on several machines share one database.
+
+Uses psycopg 3 (async) in autocommit mode; each operation is one statement, atomic on its own:
+``INSERT ... ON CONFLICT`` records (a duplicate only bumps ``deliveries``), a conditional
+``UPDATE ... RETURNING`` claims (PostgreSQL re-checks the condition after waiting for a
+concurrent writer's row lock, so exactly one claimer wins), and ``claim_due`` takes due rows
+with ``FOR UPDATE SKIP LOCKED`` so that workers on several replicas share the work without
+waiting on each other. The table (named by ``namespace``) is created on first use, under an
+advisory lock so that replicas starting together do not race. Requires PostgreSQL 13 or newer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Final
+
+from runflow_callbacks.errors import StoreError
+from runflow_callbacks.stores import (
+    DEFAULT_NAMESPACE,
+    Claim,
+    Recorded,
+    StoreBase,
+    StoredCallback,
+    StoreStats,
+    UnknownCallbackError,
+    aware,
+    check_lease,
+    check_limit,
+    check_namespace,
+    check_state,
+    scrub,
+)
+from runflow_callbacks.stores._logic import new_token, record_from_row
+
+try:
+    import psycopg
+    from psycopg import sql
+    from psycopg.rows import dict_row
+except ImportError as exc:  # pragma: no cover - only without the extra
+    raise ImportError(
+        "the PostgreSQL store needs psycopg 3: pip install 'runflow-callbacks[postgres]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from datetime import timedelta
+
+    from runflow_callbacks.stores import IncomingCallback, State
+
+__all__ = ["PostgresStore"]
+
+_COLUMNS: Final = (
+    "key",
+    "kind",
+    "subject_id",
+    "event",
+    "body",
+    "headers",
+    "secret_id",
+    "secret_label",
+    "request_id",
+    "received_at",
+    "source",
+    "state",
+    "attempts",
+    "deliveries",
+    "last_error",
+    "next_attempt_at",
+    "lease_expires_at",
+    "processed_at",
+    "updated_at",
+)
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS {table} (
+    key text PRIMARY KEY,
+    kind text NOT NULL,
+    subject_id text,
+    event text,
+    body bytea NOT NULL,
+    headers text NOT NULL,
+    secret_id text,
+    secret_label text,
+    request_id text,
+    received_at timestamptz NOT NULL,
+    source text NOT NULL,
+    state text NOT NULL,
+    attempts integer NOT NULL,
+    deliveries integer NOT NULL,
+    last_error text,
+    next_attempt_at timestamptz,
+    lease_expires_at timestamptz,
+    processed_at timestamptz,
+    updated_at timestamptz NOT NULL,
+    lease_token text,
+    due_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS {by_received} ON {table} (received_at, key);
+CREATE INDEX IF NOT EXISTS {by_due} ON {table} (due_at, key) WHERE due_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {counters} (name text PRIMARY KEY, value bigint NOT NULL);
+"""
+_CLAIMABLE: Final = (
+    "(t.state IN ('received', 'failed') OR (t.state = 'processing' "
+    "AND (t.lease_expires_at IS NULL OR t.lease_expires_at <= %(now)s)))"
+)
+_TAKE: Final = (
+    "state = 'processing', attempts = t.attempts + 1, lease_token = {token}, "
+    "lease_expires_at = %(expires)s, due_at = %(expires)s, updated_at = %(now)s"
+)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.astimezone(timezone.utc)
+
+
+def _to_record(row: dict[str, Any]) -> StoredCallback:
+    return record_from_row(row, _utc)
+
+
+class PostgresStore(StoreBase):
+    """A :class:`~runflow_callbacks.stores.CallbackStore` in PostgreSQL.
+
+    ``url`` is any libpq URL (``postgresql://user:password@host:5432/db``); ``namespace`` is
+    the table name (plus ``<namespace>_counters``). Up to ``max_connections`` connections are
+    opened on demand and reused.
+    """
+
+    def __init__(
+        self, url: str, *, namespace: str = DEFAULT_NAMESPACE, max_connections: int = 8
+    ) -> None:
+        self.namespace = check_namespace(namespace)
+        check_limit(max_connections, name="max_connections")
+        self._url = url
+        self._idle: list[psycopg.AsyncConnection[dict[str, Any]]] = []
+        self._slots = asyncio.Semaphore(max_connections)
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+        self._closed = False
+        self._table = sql.Identifier(self.namespace)
+        self._columns = sql.SQL(", ").join(sql.Identifier(name) for name in _COLUMNS)
+        self._t_columns = sql.SQL(", ").join(sql.Identifier("t", name) for name in _COLUMNS)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore(namespace={self.namespace!r})"  # the URL may hold a password
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    async def _connect(self) -> psycopg.AsyncConnection[dict[str, Any]]:
+        options: dict[str, Any] = {}
+        if "connect_timeout" not in self._url:
+            options["connect_timeout"] = 10
+        return await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, row_factory=dict_row, **options
+        )
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        if self._closed:
+            raise RuntimeError("this store is closed")
+        async with self._slots:
+            connection = None
+            try:
+                connection = self._idle.pop() if self._idle else await self._connect()
+                if not self._ready:
+                    await self._create_schema(connection)
+                yield connection
+            except psycopg.Error as exc:
+                if connection is not None:
+                    await connection.close()
+                    connection = None
+                raise StoreError(
+                    f"PostgreSQL store error: {type(exc).__name__}: {scrub(str(exc), self._url)}"
+                ) from None
+            finally:
+                if connection is not None:
+                    if connection.closed or self._closed:
+                        await connection.close()
+                    else:
+                        self._idle.append(connection)
+
+    async def _create_schema(self, connection: psycopg.AsyncConnection[dict[str, Any]]) -> None:
+        async with self._ready_lock:
+            if self._ready:
+                return
+            schema = sql.SQL(_SCHEMA).format(
+                table=self._table,
+                by_received=sql.Identifier(f"{self.namespace}_by_received"),
+                by_due=sql.Identifier(f"{self.namespace}_by_due"),
+                counters=sql.Identifier(f"{self.namespace}_counters"),
+            )
+            async with connection.transaction():
+                await connection.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (self.namespace,)
+                )
+                await connection.execute(schema)
+            self._ready = True
+
+    async def _fetch(self, query: sql.Composed, params: Any = None) -> list[dict[str, Any]]:
+        async with self._connection() as connection:
+            cursor = await connection.execute(query, params)
+            return await cursor.fetchall() if cursor.description else []
+
+    async def _rowcount(self, query: sql.Composed, params: Any) -> int:
+        async with self._connection() as connection:
+            cursor = await connection.execute(query, params)
+            return int(cursor.rowcount)
+
+    def _q(self, text: str, **parts: sql.Composable) -> sql.Composed:
+        return sql.SQL(text).format(
+            table=self._table, columns=self._columns, t_columns=self._t_columns, **parts
+        )
+
+    async def _select(self, key: str) -> dict[str, Any] | None:
+        rows = await self._fetch(self._q("SELECT {columns} FROM {table} WHERE key = %s"), (key,))
+        return rows[0] if rows else None
+
+    async def _must_exist(self, key: str) -> None:
+        if await self._select(key) is None:
+            raise UnknownCallbackError(key)
+
+    # --- the Protocol ------------------------------------------------------------------
+
+    async def record(self, incoming: IncomingCallback) -> Recorded:
+        received_at = aware(incoming.received_at, name="received_at")
+        query = self._q(
+            "INSERT INTO {table} AS t ({columns}, due_at) VALUES ("
+            "%(key)s, %(kind)s, %(subject_id)s, %(event)s, %(body)s, %(headers)s, %(secret_id)s,"
+            " %(secret_label)s, %(request_id)s, %(at)s, %(source)s, 'received', 0,"
+            " %(deliveries)s, NULL, NULL, NULL, NULL, %(at)s, %(at)s) "
+            "ON CONFLICT (key) DO UPDATE SET deliveries = t.deliveries + excluded.deliveries,"
+            " updated_at = CASE WHEN excluded.deliveries > 0 THEN excluded.updated_at"
+            " ELSE t.updated_at END "
+            "RETURNING {t_columns}, (t.xmax = 0) AS inserted"
+        )
+        rows = await self._fetch(
+            query,
+            {
+                "key": incoming.key,
+                "kind": incoming.kind,
+                "subject_id": incoming.subject_id,
+                "event": incoming.event,
+                "body": bytes(incoming.body),
+                "headers": json.dumps(dict(incoming.headers)),
+                "secret_id": incoming.secret_id,
+                "secret_label": incoming.secret_label,
+                "request_id": incoming.request_id,
+                "at": received_at,
+                "source": incoming.source,
+                "deliveries": 1 if incoming.source == "delivery" else 0,
+            },
+        )
+        return Recorded(_to_record(rows[0]), inserted=bool(rows[0]["inserted"]))
+
+    async def claim(self, key: str, *, now: datetime, lease: timedelta) -> Claim:
+        now, lease = aware(now), check_lease(lease)
+        token = new_token()
+        query = self._q(
+            "UPDATE {table} AS t SET " + _TAKE + " WHERE t.key = %(key)s AND "  # noqa: S608 - constants; names go through sql.Identifier
+            f"{_CLAIMABLE} RETURNING {{t_columns}}",
+            token=sql.Placeholder("token"),
+        )
+        rows = await self._fetch(
+            query, {"key": key, "now": now, "expires": now + lease, "token": token}
+        )
+        if rows:
+            return Claim(_to_record(rows[0]), token)
+        row = await self._select(key)
+        if row is None:
+            raise UnknownCallbackError(key)
+        return Claim(_to_record(row))
+
+    async def _finish(self, key: str, token: str, assignments: str, params: Any) -> bool:
+        query = self._q(
+            "UPDATE {table} SET "  # noqa: S608 - assignments are literals of complete()/fail()
+            + assignments
+            + ", lease_token = NULL, lease_expires_at = NULL"
+            " WHERE key = %(key)s AND state = 'processing' AND lease_token = %(token)s"
+        )
+        if await self._rowcount(query, {**params, "key": key, "token": token}) == 1:
+            return True
+        await self._must_exist(key)
+        return False
+
+    async def complete(self, key: str, token: str, *, now: datetime) -> bool:
+        return await self._finish(
+            key,
+            token,
+            "state = 'processed', processed_at = %(now)s, next_attempt_at = NULL,"
+            " due_at = NULL, updated_at = %(now)s",
+            {"now": aware(now)},
+        )
+
+    async def fail(
+        self,
+        key: str,
+        token: str,
+        *,
+        now: datetime,
+        error: str,
+        retry_at: datetime | None,
+        dead: bool = False,
+    ) -> bool:
+        now = aware(now)
+        retry = None if retry_at is None or dead else aware(retry_at, name="retry_at")
+        return await self._finish(
+            key,
+            token,
+            "state = %(state)s, last_error = %(error)s, next_attempt_at = %(retry)s,"
+            " due_at = %(due)s, updated_at = %(now)s",
+            {
+                "state": "dead" if dead else "failed",
+                "error": error,
+                "retry": retry,
+                "due": None if dead else (retry or now),
+                "now": now,
+            },
+        )
+
+    async def claim_due(self, *, now: datetime, lease: timedelta, limit: int) -> list[Claim]:
+        now, lease = aware(now), check_lease(lease)
+        check_limit(limit)
+        query = self._q(
+            "WITH due AS (SELECT key, due_at FROM {table} WHERE due_at IS NOT NULL"  # noqa: S608 - constants; names go through sql.Identifier
+            " AND due_at <= %(now)s ORDER BY due_at, key LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+            "UPDATE {table} AS t SET " + _TAKE + " FROM due WHERE t.key = due.key"
+            f" AND {_CLAIMABLE} RETURNING {{t_columns}}, t.lease_token, due.due_at AS was_due",
+            token=sql.SQL("gen_random_uuid()::text"),
+        )
+        rows = await self._fetch(query, {"now": now, "expires": now + lease, "limit": limit})
+        rows.sort(key=lambda row: (row["was_due"], row["key"]))
+        return [Claim(_to_record(row), row["lease_token"]) for row in rows]
+
+    async def get(self, key: str) -> StoredCallback | None:
+        row = await self._select(key)
+        return None if row is None else _to_record(row)
+
+    async def list_callbacks(
+        self, *, limit: int | None = None, state: State | None = None
+    ) -> list[StoredCallback]:
+        check_limit(limit)
+        check_state(state)
+        query = self._q(
+            "SELECT {columns} FROM {table} WHERE (%(state)s::text IS NULL OR state = %(state)s)"
+            " ORDER BY received_at, key LIMIT %(limit)s"
+        )
+        rows = await self._fetch(query, {"state": state, "limit": limit})
+        return [_to_record(row) for row in rows]
+
+    async def stats(self) -> StoreStats:
+        query = self._q(
+            "SELECT count(*) AS received,"
+            " coalesce(sum(greatest(deliveries - 1, 0)), 0) AS duplicates,"
+            " count(*) FILTER (WHERE state = 'received') AS pending,"
+            " count(*) FILTER (WHERE state = 'processing') AS processing,"
+            " count(*) FILTER (WHERE state = 'processed') AS processed,"
+            " count(*) FILTER (WHERE state = 'failed') AS failed,"
+            " count(*) FILTER (WHERE state = 'dead') AS dead,"
+            " count(*) FILTER (WHERE source = 'reconcile') AS reconciled,"
+            " (SELECT coalesce(sum(value), 0) FROM {counters} WHERE name = 'rejected')"
+            " AS rejected FROM {table}",
+            counters=sql.Identifier(f"{self.namespace}_counters"),
+        )
+        [row] = await self._fetch(query)
+        return StoreStats(**{name: int(value) for name, value in row.items()})
+
+    async def note_rejected(self, count: int = 1) -> None:
+        check_limit(count, name="count")
+        query = self._q(
+            "INSERT INTO {counters} AS c (name, value) VALUES ('rejected', %s)"
+            " ON CONFLICT (name) DO UPDATE SET value = c.value + excluded.value",
+            counters=sql.Identifier(f"{self.namespace}_counters"),
+        )
+        await self._rowcount(query, (count,))
+
+    async def reset_for_retry(self, key: str, *, now: datetime) -> bool:
+        query = self._q(
+            "UPDATE {table} SET state = 'received', attempts = 0, next_attempt_at = NULL,"
+            " lease_expires_at = NULL, lease_token = NULL, due_at = %(now)s,"
+            " updated_at = %(now)s WHERE key = %(key)s AND state <> 'processed' AND"
+            " (state <> 'processing' OR lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
+        )
+        if await self._rowcount(query, {"key": key, "now": aware(now)}) == 1:
+            return True
+        await self._must_exist(key)
+        return False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.close()
