@@ -19,7 +19,8 @@ import json
 import os
 import random
 import time
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 from uuid import UUID
 
 import httpx
@@ -48,6 +49,8 @@ API_KEY_ENV: Final = "RUNFLOW_API_KEY"
 _RETRYABLE: Final = frozenset({429, 500, 502, 503, 504})
 _SyncSelf = TypeVar("_SyncSelf", bound="RunflowClient")
 _AsyncSelf = TypeVar("_AsyncSelf", bound="AsyncRunflowClient")
+_T = TypeVar("_T")
+_M = TypeVar("_M", bound=BaseModel)
 _Kind = Literal["batch", "run"]
 _PLURAL: Final[dict[_Kind, str]] = {"batch": "batches", "run": "runs"}
 
@@ -72,7 +75,141 @@ class CallbackSecret(BaseModel):
     plain_secret: SecretStr | None = None
 
 
+@dataclass(frozen=True)
+class _Call(Generic[_T]):
+    """One API call: what to send and how to read a successful answer."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], _T]
+    content: bytes | None = None
+
+
+def _plain_id(what: str, value: str | UUID) -> str:
+    text = str(value).strip()
+    if not text or any(char in text for char in "/?#% "):
+        raise ConfigurationError(f"{what} id must be a plain id, got {str(value)!r}")
+    return text
+
+
+def _subject_path(kind: _Kind, subject_id: str | UUID, suffix: str) -> str:
+    return f"/v1/{_PLURAL[kind]}/{_plain_id(kind, subject_id)}/{suffix}"
+
+
+def _model_parser(model: type[_M], what: str) -> Callable[[httpx.Response], _M]:
+    def parse(response: httpx.Response) -> _M:
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise InvalidPayloadError(
+                f"the Runflow API answered an unexpected {what} ({exc.error_count()} errors)"
+            ) from None
+
+    return parse
+
+
+def _history_parser(kind: _Kind) -> Callable[[httpx.Response], list[Any]]:
+    def parse(response: httpx.Response) -> list[Any]:
+        return list(parse_delivery_history(response.content, kind=kind))
+
+    return parse
+
+
+def _raw_records(response: httpx.Response) -> list[dict[str, Any]]:
+    try:
+        records = response.json()
+    except ValueError:
+        records = None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise InvalidPayloadError("the delivery history is not a JSON array of records")
+    return records
+
+
+_parse_batch_delivery = _model_parser(BatchCallbackDelivery, "delivery record")
+_parse_run_delivery = _model_parser(RunCallbackDelivery, "delivery record")
+_parse_secret = _model_parser(CallbackSecret, "callback secret")
+
+
+class _Calls:
+    """Every API call the clients make, described once for both of them."""
+
+    @staticmethod
+    def batch_deliveries(batch_id: str | UUID) -> _Call[list[BatchCallbackDelivery]]:
+        path = _subject_path("batch", batch_id, "callback")
+        return _Call("GET", path, _history_parser("batch"))
+
+    @staticmethod
+    def run_deliveries(run_id: str | UUID) -> _Call[list[RunCallbackDelivery]]:
+        return _Call("GET", _subject_path("run", run_id, "callback"), _history_parser("run"))
+
+    @staticmethod
+    def history_json(
+        batch_id: str | UUID | None, run_id: str | UUID | None
+    ) -> _Call[list[dict[str, Any]]]:
+        if batch_id is not None and run_id is None:
+            return _Call("GET", _subject_path("batch", batch_id, "callback"), _raw_records)
+        if run_id is not None and batch_id is None:
+            return _Call("GET", _subject_path("run", run_id, "callback"), _raw_records)
+        raise ConfigurationError("pass exactly one of batch_id= or run_id=")
+
+    @staticmethod
+    def redeliver_batch(batch_id: str | UUID) -> _Call[BatchCallbackDelivery]:
+        path = _subject_path("batch", batch_id, "callback-redeliveries")
+        return _Call("POST", path, _parse_batch_delivery)
+
+    @staticmethod
+    def redeliver_run(run_id: str | UUID) -> _Call[RunCallbackDelivery]:
+        path = _subject_path("run", run_id, "callback-redeliveries")
+        return _Call("POST", path, _parse_run_delivery)
+
+    @staticmethod
+    def create_secret(label: str | None) -> _Call[CallbackSecret]:
+        body = json.dumps({"label": label} if label is not None else {}).encode()
+        return _Call("POST", "/v1/callback-secrets", _parse_secret, body)
+
+    @staticmethod
+    def get_secret(secret_id: str | UUID) -> _Call[CallbackSecret]:
+        path = f"/v1/callback-secrets/{_plain_id('callback secret', secret_id)}"
+        return _Call("GET", path, _parse_secret)
+
+    @staticmethod
+    def update_secret(
+        secret_id: str | UUID, label: str | None, is_current: bool | None
+    ) -> _Call[CallbackSecret]:
+        body: dict[str, Any] = {}
+        if label is not None:
+            body["label"] = label
+        if is_current is not None:
+            body["is_current"] = is_current
+        if not body:
+            raise ConfigurationError("update_callback_secret needs label= or is_current=")
+        path = f"/v1/callback-secrets/{_plain_id('callback secret', secret_id)}"
+        return _Call("PATCH", path, _parse_secret, json.dumps(body).encode())
+
+
+def _api_error(response: httpx.Response) -> RunflowAPIError:
+    code = message = errors = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        code = body.get("code") if isinstance(body.get("code"), str) else None
+        message = body.get("message") if isinstance(body.get("message"), str) else None
+        errors = body.get("errors")
+    return RunflowAPIError(status=response.status_code, code=code, message=message, errors=errors)
+
+
+def _network_error(exc: httpx.TransportError) -> RunflowAPIError:
+    code = "timeout" if isinstance(exc, httpx.TimeoutException) else "network_error"
+    return RunflowAPIError(
+        status=0, code=code, message=f"no answer from the Runflow API ({type(exc).__name__})"
+    )
+
+
 class _ClientBase:
+    """Configuration, backoff and the retry decision shared by both clients."""
+
     def __init__(
         self,
         *,
@@ -126,97 +263,32 @@ class _ClientBase:
         return ceiling * (0.5 + self._rng.random() / 2)
 
     @staticmethod
-    def _id(what: str, value: str | UUID) -> str:
-        text = str(value).strip()
-        if not text or any(char in text for char in "/?#% "):
-            raise ConfigurationError(f"{what} id must be a plain id, got {str(value)!r}")
-        return text
+    def _request_options(call: _Call[Any]) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"} if call.content is not None else None
+        return {
+            "method": call.method,
+            "url": call.path,
+            "content": call.content,
+            "headers": headers,
+        }
 
-    @classmethod
-    def _path(cls, kind: _Kind, subject_id: str | UUID, suffix: str) -> str:
-        return f"/v1/{_PLURAL[kind]}/{cls._id(kind, subject_id)}/{suffix}"
+    def _retry_after(
+        self, attempt: int, outcome: httpx.Response | httpx.TransportError
+    ) -> float | None:
+        """None when ``outcome`` is the answer; else the delay before the next attempt.
 
-    @classmethod
-    def _secret_path(cls, secret_id: str | UUID) -> str:
-        return f"/v1/callback-secrets/{cls._id('callback secret', secret_id)}"
-
-    @staticmethod
-    def _raise_for_status(response: httpx.Response) -> None:
-        if response.is_success:
-            return
-        code = message = errors = None
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            code = body.get("code") if isinstance(body.get("code"), str) else None
-            message = body.get("message") if isinstance(body.get("message"), str) else None
-            errors = body.get("errors")
-        raise RunflowAPIError(
-            status=response.status_code, code=code, message=message, errors=errors
-        )
-
-    @staticmethod
-    def _network_error(exc: httpx.TransportError) -> RunflowAPIError:
-        code = "timeout" if isinstance(exc, httpx.TimeoutException) else "network_error"
-        return RunflowAPIError(
-            status=0, code=code, message=f"no answer from the Runflow API ({type(exc).__name__})"
-        )
-
-    @classmethod
-    def _history_path(cls, batch_id: str | UUID | None, run_id: str | UUID | None) -> str:
-        if batch_id is not None and run_id is None:
-            return cls._path("batch", batch_id, "callback")
-        if run_id is not None and batch_id is None:
-            return cls._path("run", run_id, "callback")
-        raise ConfigurationError("pass exactly one of batch_id= or run_id=")
-
-    @staticmethod
-    def _raw_history(response: httpx.Response) -> list[dict[str, Any]]:
-        try:
-            records = response.json()
-        except ValueError:
-            records = None
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise InvalidPayloadError("the delivery history is not a JSON array of records")
-        return records
-
-    @staticmethod
-    def _history(response: httpx.Response, kind: _Kind) -> list[Any]:
-        return list(parse_delivery_history(response.content, kind=kind))
-
-    @staticmethod
-    def _delivery(response: httpx.Response, kind: _Kind) -> Any:
-        model = BatchCallbackDelivery if kind == "batch" else RunCallbackDelivery
-        try:
-            return model.model_validate_json(response.content)
-        except ValidationError as exc:
-            raise InvalidPayloadError(
-                f"the Runflow API answered an unexpected delivery record ({exc.error_count()} "
-                "errors)"
-            ) from None
-
-    @staticmethod
-    def _secret(response: httpx.Response) -> CallbackSecret:
-        try:
-            return CallbackSecret.model_validate_json(response.content)
-        except ValidationError as exc:
-            raise InvalidPayloadError(
-                f"the Runflow API answered an unexpected callback secret ({exc.error_count()} "
-                "errors)"
-            ) from None
-
-    @staticmethod
-    def _patch_body(label: str | None, is_current: bool | None) -> bytes:
-        body: dict[str, Any] = {}
-        if label is not None:
-            body["label"] = label
-        if is_current is not None:
-            body["is_current"] = is_current
-        if not body:
-            raise ConfigurationError("update_callback_secret needs label= or is_current=")
-        return json.dumps(body).encode()
+        Raises :class:`RunflowAPIError` for an error that must not (or can no longer) be retried.
+        """
+        last = attempt >= self.max_attempts
+        if isinstance(outcome, httpx.TransportError):
+            if last:
+                raise _network_error(outcome) from None
+            return self.backoff_s(attempt)
+        if outcome.is_success:
+            return None
+        if outcome.status_code in _RETRYABLE and not last:
+            return self.backoff_s(attempt, outcome)
+        raise _api_error(outcome)
 
 
 class RunflowClient(_ClientBase):
@@ -277,67 +349,55 @@ class RunflowClient(_ClientBase):
         """Close the connection pool."""
         self._http.close()
 
-    def _request(self, method: str, path: str, *, content: bytes | None = None) -> httpx.Response:
-        headers = {"Content-Type": "application/json"} if content is not None else None
+    def _call(self, call: _Call[_T]) -> _T:
         for attempt in range(1, self.max_attempts + 1):
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = self._http.request(method, path, content=content, headers=headers)
+                outcome = self._http.request(**self._request_options(call))
             except httpx.TransportError as exc:
-                if attempt == self.max_attempts:
-                    raise self._network_error(exc) from None
-                self._sleep(self.backoff_s(attempt))
-                continue
-            if response.status_code in _RETRYABLE and attempt < self.max_attempts:
-                self._sleep(self.backoff_s(attempt, response))
-                continue
-            self._raise_for_status(response)
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+                outcome = exc
+            delay = self._retry_after(attempt, outcome)
+            if delay is None:
+                assert isinstance(outcome, httpx.Response)
+                return call.parse(outcome)
+            self._sleep(delay)
+        raise AssertionError("unreachable: the last attempt answers or raises")  # pragma: no cover
 
     def batch_deliveries(self, batch_id: str | UUID) -> list[BatchCallbackDelivery]:
         """The callback deliveries of a batch, attempts included."""
-        response = self._request("GET", self._path("batch", batch_id, "callback"))
-        return self._history(response, "batch")
+        return self._call(_Calls.batch_deliveries(batch_id))
 
     def run_deliveries(self, run_id: str | UUID) -> list[RunCallbackDelivery]:
         """The callback deliveries of a run, attempts included."""
-        response = self._request("GET", self._path("run", run_id, "callback"))
-        return self._history(response, "run")
+        return self._call(_Calls.run_deliveries(run_id))
 
     def delivery_history_json(
         self, *, batch_id: str | UUID | None = None, run_id: str | UUID | None = None
     ) -> list[dict[str, Any]]:
         """The delivery records of one batch or run exactly as the API answered them."""
-        path = self._history_path(batch_id, run_id)
-        return self._raw_history(self._request("GET", path))
+        return self._call(_Calls.history_json(batch_id, run_id))
 
     def redeliver_batch(self, batch_id: str | UUID) -> BatchCallbackDelivery:
         """Ask Runflow to deliver a batch's callback again; returns the new delivery."""
-        response = self._request("POST", self._path("batch", batch_id, "callback-redeliveries"))
-        result: BatchCallbackDelivery = self._delivery(response, "batch")
-        return result
+        return self._call(_Calls.redeliver_batch(batch_id))
 
     def redeliver_run(self, run_id: str | UUID) -> RunCallbackDelivery:
         """Ask Runflow to deliver a run's callback again (payload rebuilt from the run)."""
-        response = self._request("POST", self._path("run", run_id, "callback-redeliveries"))
-        result: RunCallbackDelivery = self._delivery(response, "run")
-        return result
+        return self._call(_Calls.redeliver_run(run_id))
 
     def create_callback_secret(self, *, label: str | None = None) -> CallbackSecret:
         """Create a callback secret; the answer is the only one carrying ``plain_secret``."""
-        body = json.dumps({"label": label} if label is not None else {}).encode()
-        return self._secret(self._request("POST", "/v1/callback-secrets", content=body))
+        return self._call(_Calls.create_secret(label))
 
     def get_callback_secret(self, secret_id: str | UUID) -> CallbackSecret:
         """A callback secret's record (without its value)."""
-        return self._secret(self._request("GET", self._secret_path(secret_id)))
+        return self._call(_Calls.get_secret(secret_id))
 
     def update_callback_secret(
         self, secret_id: str | UUID, *, label: str | None = None, is_current: bool | None = None
     ) -> CallbackSecret:
         """Rename a callback secret or promote it to current (``is_current=True``)."""
-        body = self._patch_body(label, is_current)
-        return self._secret(self._request("PATCH", self._secret_path(secret_id), content=body))
+        return self._call(_Calls.update_secret(secret_id, label, is_current))
 
 
 class AsyncRunflowClient(_ClientBase):
@@ -392,68 +452,52 @@ class AsyncRunflowClient(_ClientBase):
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def _request(
-        self, method: str, path: str, *, content: bytes | None = None
-    ) -> httpx.Response:
-        headers = {"Content-Type": "application/json"} if content is not None else None
+    async def _call(self, call: _Call[_T]) -> _T:
         for attempt in range(1, self.max_attempts + 1):
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = await self._http.request(method, path, content=content, headers=headers)
+                outcome = await self._http.request(**self._request_options(call))
             except httpx.TransportError as exc:
-                if attempt == self.max_attempts:
-                    raise self._network_error(exc) from None
-                await self._sleep(self.backoff_s(attempt))
-                continue
-            if response.status_code in _RETRYABLE and attempt < self.max_attempts:
-                await self._sleep(self.backoff_s(attempt, response))
-                continue
-            self._raise_for_status(response)
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+                outcome = exc
+            delay = self._retry_after(attempt, outcome)
+            if delay is None:
+                assert isinstance(outcome, httpx.Response)
+                return call.parse(outcome)
+            await self._sleep(delay)
+        raise AssertionError("unreachable: the last attempt answers or raises")  # pragma: no cover
 
     async def batch_deliveries(self, batch_id: str | UUID) -> list[BatchCallbackDelivery]:
         """The callback deliveries of a batch, attempts included."""
-        response = await self._request("GET", self._path("batch", batch_id, "callback"))
-        return self._history(response, "batch")
+        return await self._call(_Calls.batch_deliveries(batch_id))
 
     async def run_deliveries(self, run_id: str | UUID) -> list[RunCallbackDelivery]:
         """The callback deliveries of a run, attempts included."""
-        response = await self._request("GET", self._path("run", run_id, "callback"))
-        return self._history(response, "run")
+        return await self._call(_Calls.run_deliveries(run_id))
 
     async def delivery_history_json(
         self, *, batch_id: str | UUID | None = None, run_id: str | UUID | None = None
     ) -> list[dict[str, Any]]:
         """The delivery records of one batch or run exactly as the API answered them."""
-        path = self._history_path(batch_id, run_id)
-        return self._raw_history(await self._request("GET", path))
+        return await self._call(_Calls.history_json(batch_id, run_id))
 
     async def redeliver_batch(self, batch_id: str | UUID) -> BatchCallbackDelivery:
         """Ask Runflow to deliver a batch's callback again; returns the new delivery."""
-        path = self._path("batch", batch_id, "callback-redeliveries")
-        result: BatchCallbackDelivery = self._delivery(await self._request("POST", path), "batch")
-        return result
+        return await self._call(_Calls.redeliver_batch(batch_id))
 
     async def redeliver_run(self, run_id: str | UUID) -> RunCallbackDelivery:
         """Ask Runflow to deliver a run's callback again (payload rebuilt from the run)."""
-        path = self._path("run", run_id, "callback-redeliveries")
-        result: RunCallbackDelivery = self._delivery(await self._request("POST", path), "run")
-        return result
+        return await self._call(_Calls.redeliver_run(run_id))
 
     async def create_callback_secret(self, *, label: str | None = None) -> CallbackSecret:
         """Create a callback secret; the answer is the only one carrying ``plain_secret``."""
-        body = json.dumps({"label": label} if label is not None else {}).encode()
-        return self._secret(await self._request("POST", "/v1/callback-secrets", content=body))
+        return await self._call(_Calls.create_secret(label))
 
     async def get_callback_secret(self, secret_id: str | UUID) -> CallbackSecret:
         """A callback secret's record (without its value)."""
-        return self._secret(await self._request("GET", self._secret_path(secret_id)))
+        return await self._call(_Calls.get_secret(secret_id))
 
     async def update_callback_secret(
         self, secret_id: str | UUID, *, label: str | None = None, is_current: bool | None = None
     ) -> CallbackSecret:
         """Rename a callback secret or promote it to current (``is_current=True``)."""
-        body = self._patch_body(label, is_current)
-        return self._secret(
-            await self._request("PATCH", self._secret_path(secret_id), content=body)
-        )
+        return await self._call(_Calls.update_secret(secret_id, label, is_current))
