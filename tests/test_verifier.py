@@ -338,6 +338,9 @@ def test_normalize_secrets_positions_and_cache() -> None:
     assert [s.position for s in secrets] == [0, 1, 2]
     # Strings are keyed once and reused: the same Secret comes back for the same value.
     assert normalize_secrets(SECRET)[0] is normalize_secrets(SECRET)[0]
+    assert normalize_secrets(list(ROTATION)) is normalize_secrets(ROTATION)
+    with pytest.raises(ConfigurationError):
+        normalize_secrets([SECRET, ""])
     shared = Secret(SECRET, label="shared")
     first, second = normalize_secrets([shared, shared])
     assert (first.position, second.position, shared.position) == (0, 1, 0)

@@ -166,6 +166,12 @@ def _secret_from_str(value: str) -> Secret:
     return Secret(value)
 
 
+@functools.lru_cache(maxsize=64)
+def _secrets_from_strs(values: tuple[str, ...]) -> tuple[Secret, ...]:
+    # A rotation list of strings passed on every call costs one cache lookup.
+    return tuple(_secret_from_str(value)._with_position(i) for i, value in enumerate(values))
+
+
 def _one_secret(item: object) -> Secret:
     if isinstance(item, Secret):
         return item
@@ -193,6 +199,8 @@ def normalize_secrets(secrets: SecretsInput | Iterable[str | Secret]) -> tuple[S
         ) from None
     if not items:
         raise ConfigurationError("at least one callback secret is required")
+    if all(type(item) is str for item in items):
+        return _secrets_from_strs(items)
     return tuple(_one_secret(item)._with_position(i) for i, item in enumerate(items))
 
 
