@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import ast
 import itertools
 import json
@@ -263,6 +264,14 @@ def test_str_body_asks_for_raw_bytes() -> None:
 def test_non_bytes_body_is_a_type_error(body: Any) -> None:
     with pytest.raises(TypeError, match="must be bytes"):
         verify(body, SIGNATURE, SECRET)
+
+
+def test_odd_memoryviews_are_type_errors() -> None:
+    with pytest.raises(TypeError, match="contiguous bytes"):
+        verify(memoryview(BODY)[::2], SIGNATURE, SECRET)
+    with pytest.raises(TypeError, match="contiguous bytes"):
+        sign(memoryview(array.array("I", [1, 2])), SECRET)
+    assert sign(memoryview(array.array("I", [1, 2])).cast("B"), SECRET)
 
 
 def test_body_buffer_types_sign_alike() -> None:

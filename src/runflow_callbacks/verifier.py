@@ -216,6 +216,10 @@ def sign(body: Body, secret: str | Secret) -> str:
 
 
 def _check_body(body: object) -> None:
+    if type(body) is bytes:
+        return
+    if isinstance(body, memoryview) and not (body.contiguous and body.itemsize == 1):
+        raise TypeError("a memoryview body must be contiguous bytes (use .tobytes())")
     if not isinstance(body, _BODY_TYPES):
         if isinstance(body, str):
             raise TypeError(
