@@ -75,7 +75,9 @@ def run_sign(args: argparse.Namespace) -> int:
     """Print the signature of the body with the one configured secret."""
     secrets = secrets_from_args(args)
     if len(secrets) != 1:
-        raise ConfigurationError(f"sign takes exactly one secret, got {len(secrets)}")
+        raise ConfigurationError(
+            f"sign takes exactly one secret, got {len(secrets)}: pass the one to sign with --secret"
+        )
     print(sign(read_input(args.file), secrets[0]))
     return 0
 
