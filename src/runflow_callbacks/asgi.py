@@ -1,7 +1,8 @@
 """Receive Runflow callbacks in any ASGI application (Starlette, FastAPI, Quart, ...).
 
 :class:`CallbackMiddleware` guards the callback path of an app: it reads the body with a size
-limit, feeds every chunk to the incremental verifier as it arrives, parses only verified bytes,
+limit, verifies it as it arrives (a body of several chunks goes through the incremental
+verifier chunk by chunk, a one-chunk body is verified in one call), parses only verified bytes,
 and hands the app a :class:`CallbackContext` plus a ``receive`` that replays the exact body::
 
     from starlette.applications import Starlette
