@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -362,3 +364,65 @@ def test_secret_values_stay_out_of_reprs() -> None:
     record = next(iter(fake.state.secrets.values()))
     assert SECRET not in repr(record)
     assert "rf_key_do_not_print" not in repr(fake)
+
+
+def test_duplicate_ids_are_a_409(runflow: RunningFakeRunflow) -> None:
+    batch = runflow.create_batch(callback_url=None)
+    again = httpx.post(runflow.base_url + "/_fake/batches", json={"id": batch["id"]})
+    assert again.status_code == 409
+    assert again.json()["code"] == "conflict"
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+_FIELDS = st.sampled_from(
+    ["callback_url", "event", "status", "output", "metadata", "id", "label", "is_current", "count"]
+)
+_BODIES = st.one_of(
+    st.binary(max_size=40),
+    st.dictionaries(
+        _FIELDS, _JSON | st.sampled_from(["batch.failed", "http://x/", "run.failed"])
+    ).map(lambda data: json.dumps(data).encode()),
+)
+_ROUTES = st.sampled_from(
+    [
+        ("POST", "/_fake/batches"),
+        ("POST", "/_fake/runs"),
+        ("POST", "/_fake/faults"),
+        ("POST", "/v1/callback-secrets"),
+        ("PATCH", "/v1/callback-secrets/{secret}"),
+        ("POST", "/v1/batches/{batch}/callback-redeliveries"),
+        ("GET", "/v1/runs/{batch}/callback"),
+        ("DELETE", "/v1/batches/{batch}/callback"),
+    ]
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(calls=st.lists(st.tuples(_ROUTES, _BODIES), min_size=1, max_size=4))
+def test_no_input_makes_the_fake_answer_500(calls: list[tuple[tuple[str, str], bytes]]) -> None:
+    """Every answer is a documented status with Runflow's error body, never a 500."""
+
+    async def scenario() -> None:
+        refuse = httpx.MockTransport(lambda _request: httpx.Response(204))
+        fake = FakeRunflow(api_key="k", secret=SECRET, retry_delays_s=[0], transport=refuse)
+        secret_id = next(iter(fake.state.secrets))
+        transport = httpx.ASGITransport(app=fake)
+        headers = {"Authorization": "Bearer k"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://fake") as http:
+            batch = (await http.post("/_fake/batches", json={"callback_url": None})).json()
+            for (method, path), body in calls:
+                url = path.format(secret=secret_id, batch=batch["id"])
+                answer = await http.request(method, url, content=body, headers=headers)
+                if answer.status_code >= 400:
+                    error = answer.json()
+                    assert set(error) == {"code", "message", "errors"}
+                    assert answer.status_code < 500 or error["message"] == "injected fault"
+        await fake.engine.aclose()
+
+    asyncio.run(scenario())

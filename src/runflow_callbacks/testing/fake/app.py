@@ -22,6 +22,7 @@ import contextlib
 import json
 import threading
 import uuid
+from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import ValidationError
@@ -77,13 +78,17 @@ class _AnswerError(Exception):
         self.response = response
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def _json_object(request: Request, *, required: bool = True) -> dict[str, Any]:
     body = await request.body()
     if not body.strip() and not required:
         return {}
     try:
-        data = json.loads(body)
-    except ValueError:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
         raise _AnswerError(error(400, "bad_request", "the request body is not JSON")) from None
     if not isinstance(data, dict):
         raise _AnswerError(error(400, "bad_request", "the request body must be a JSON object"))
@@ -143,7 +148,7 @@ class FakeRunflow:
         )
         self.payloads = PayloadFactory(clock=clock, seed=seed)
         self._faults_lock = threading.Lock()
-        self._faults: list[int] = []
+        self._faults: deque[list[int]] = deque()  # [status, remaining] pairs, in order
         self.app = Starlette(
             routes=self._routes(),
             exception_handlers={HTTPException: self._http_error},
@@ -167,11 +172,26 @@ class FakeRunflow:
         return self.state.org_id
 
     def fail_next_api_calls(self, count: int, *, status: int = 503) -> None:
-        """Answer the next ``count`` API calls with ``status`` (thread-safe)."""
+        """Answer the next ``count`` API calls with ``status`` (thread-safe).
+
+        Every ``/v1`` call counts, including the history polls of
+        :meth:`RunningFakeRunflow.wait_for_delivery`.
+        """
         if count < 0 or not 400 <= status <= 599:
             raise ConfigurationError("count must be >= 0 and status an HTTP error status")
+        if count:
+            with self._faults_lock:
+                self._faults.append([status, count])
+
+    def _next_fault(self) -> int | None:
         with self._faults_lock:
-            self._faults.extend([status] * count)
+            if not self._faults:
+                return None
+            fault = self._faults[0]
+            fault[1] -= 1
+            if fault[1] == 0:
+                self._faults.popleft()
+            return fault[0]
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -190,8 +210,7 @@ class FakeRunflow:
         self, handler: Callable[[Request], Awaitable[Response]]
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            with self._faults_lock:
-                fault = self._faults.pop(0) if self._faults else None
+            fault = self._next_fault()
             if fault is not None:
                 return error(fault, "service_unavailable", "injected fault")
             scheme, _, key = request.headers.get("authorization", "").partition(" ")
@@ -292,6 +311,8 @@ class FakeRunflow:
                 callback_url=callback_url,
                 payload=payload,
             )
+            if (kind, subject.id) in self.state.subjects:
+                return error(409, "conflict", f"a {kind} with id {subject.id} already exists")
             self.state.subjects[(kind, subject.id)] = subject
             if callback_url is not None:
                 self.engine.start(subject, is_automatic=True)
