@@ -9,8 +9,9 @@ Test-only (no auth):
 - ``POST /_fake/faults`` with ``{"count", "status"?}`` answers the next ``count`` API calls with
   ``status`` (default 503), to exercise a client's retries.
 
-Runflow API (``Authorization: Bearer <api key>``, optional ``X-Organization-Id``; errors as
-``{code, message, errors}``): ``GET /v1/{batches|runs}/{id}/callback``,
+Runflow API (``Authorization: Bearer <api key>``; an ``X-Organization-Id`` header, when sent,
+must be the fake's ``org_id`` or the answer is 403; errors as ``{code, message, errors}``):
+``GET /v1/{batches|runs}/{id}/callback``,
 ``POST /v1/{batches|runs}/{id}/callback-redeliveries``, ``POST``/``GET`` ``/v1/callback-secrets``,
 ``GET``/``PATCH``/``DELETE`` ``/v1/callback-secrets/{id}``.
 """

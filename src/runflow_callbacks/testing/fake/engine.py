@@ -19,7 +19,8 @@ import httpx
 
 from runflow_callbacks.errors import ConfigurationError
 from runflow_callbacks.testing.fake.state import Attempt, Delivery, FakeState, Subject
-from runflow_callbacks.testing.requests import signed_request
+from runflow_callbacks.testing.requests import REQUEST_ID_HEADER
+from runflow_callbacks.verifier import SIGNATURE_HEADER, sign
 from runflow_callbacks.wire import dumps_payload
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class DeliveryEngine:
             next_attempt_at=now,
         )
         subject.deliveries.append(delivery)
-        signature = None if secret is None else signed_request(body, secret.plain_secret).signature
+        signature = None if secret is None else sign(body, secret.plain_secret)
         task = asyncio.get_running_loop().create_task(
             self._deliver(delivery, signature), name=f"runflow-delivery:{delivery.id}"
         )
@@ -146,10 +147,9 @@ class DeliveryEngine:
     async def _attempt(self, delivery: Delivery, number: int, signature: str | None) -> bool:
         started = self.clock()
         attempt_id = uuid.uuid4()
-        request = signed_request(delivery.payload_bytes, None, request_id=str(attempt_id))
-        headers = dict(request.headers)
+        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: str(attempt_id)}
         if signature is not None:
-            headers["Runflow-Signature"] = signature
+            headers[SIGNATURE_HEADER] = signature
         delivery.status_code = "delivering"
         delivery.next_attempt_at = None
         delivery.updated_at = started
