@@ -491,6 +491,27 @@ async def test_redis_unreachable_is_a_store_error() -> None:
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
+)
+async def test_burst_waits_for_a_free_connection(
+    backend: str, namespace: str, request: pytest.FixtureRequest
+) -> None:
+    from runflow_callbacks.stores.postgres import PostgresStore
+    from runflow_callbacks.stores.redis import RedisStore
+
+    url = request.getfixturevalue(f"{backend}_url")
+    kind = RedisStore if backend == "redis" else PostgresStore
+    async with kind(url, namespace=namespace, max_connections=2) as store:
+        await store.record(incoming())
+        found = await asyncio.gather(*(store.get(incoming().key) for _ in range(50)))
+    assert all(record is not None for record in found)
+
+
 @pytest.mark.postgres
 async def test_postgres_unreachable_is_a_store_error() -> None:
     url = f"postgresql://u:hunter2@127.0.0.1:{free_port()}/db?connect_timeout=5"

@@ -69,6 +69,7 @@ from runflow_callbacks.stores import (
     default_key,
     error_text,
 )
+from runflow_callbacks.stores._logic import as_failed, as_processed
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -398,22 +399,23 @@ class CallbackProcessor:
         assert token is not None
         try:
             parsed = payload if payload is not None else parse_callback(record.body)
-        except (
-            InvalidPayloadError
-        ) as error:  # stored bytes that no longer parse: retrying is futile
+        except InvalidPayloadError as error:  # stored bytes that no longer parse: retry is futile
             return await self._failed(record, token, error, dead=True)
         try:
             await self._call_handler(ProcessingContext(parsed, record, record.attempts))
         except Exception as error:  # noqa: BLE001 - every handler error is recorded and retried
             return await self._failed(record, token, error)
-        if not await self.store.complete(record.key, token, now=self._now()):
+        now = self._now()
+        if await self.store.complete(record.key, token, now=now):
+            final: StoredCallback | None = as_processed(record, now)
+        else:
             logger.warning(
                 "callback %s: the handler returned after its lease was taken over; "
                 "it may have run twice (raise lease above the slowest handler)",
                 record.key,
             )
+            final = await self.store.get(record.key)
         logger.info("callback %s processed (attempt %d)", record.key, record.attempts)
-        final = await self.store.get(record.key)
         return ProcessingOutcome("processed", record.key, final or record)
 
     async def _failed(
@@ -424,7 +426,9 @@ class CallbackProcessor:
         dead = dead or (self.max_tries is not None and tries >= self.max_tries)
         retry_at = None if dead else now + self.backoff(tries)
         text = error_text(error)
-        await self.store.fail(record.key, token, now=now, error=text, retry_at=retry_at, dead=dead)
+        held = await self.store.fail(
+            record.key, token, now=now, error=text, retry_at=retry_at, dead=dead
+        )
         logger.warning(
             "callback %s: handler failed on attempt %d%s: %s",
             record.key,
@@ -433,7 +437,11 @@ class CallbackProcessor:
             text,
             exc_info=error,
         )
-        final = await self.store.get(record.key)
+        final = (
+            as_failed(record, now=now, error=text, retry_at=retry_at, dead=dead)
+            if held
+            else await self.store.get(record.key)
+        )
         return ProcessingOutcome("failed", record.key, final or record, error)
 
 

@@ -10,6 +10,7 @@ suite checks that all four agree.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from datetime import datetime, timedelta, timezone
@@ -20,7 +21,16 @@ if TYPE_CHECKING:
 
     from runflow_callbacks.stores import State, StoredCallback
 
-__all__ = ["can_claim", "from_us", "new_token", "record_from_row", "resettable", "to_us"]
+__all__ = [
+    "as_failed",
+    "as_processed",
+    "can_claim",
+    "from_us",
+    "new_token",
+    "record_from_row",
+    "resettable",
+    "to_us",
+]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -81,4 +91,30 @@ def record_from_row(row: Any, moment: Callable[[Any], datetime | None]) -> Store
         lease_expires_at=moment(row["lease_expires_at"]),
         processed_at=moment(row["processed_at"]),
         updated_at=updated_at,
+    )
+
+
+def as_processed(record: StoredCallback, now: datetime) -> StoredCallback:
+    """``record`` as ``complete`` leaves it."""
+    return dataclasses.replace(
+        record,
+        state="processed",
+        processed_at=now,
+        lease_expires_at=None,
+        next_attempt_at=None,
+        updated_at=now,
+    )
+
+
+def as_failed(
+    record: StoredCallback, *, now: datetime, error: str, retry_at: datetime | None, dead: bool
+) -> StoredCallback:
+    """``record`` as ``fail`` leaves it."""
+    return dataclasses.replace(
+        record,
+        state="dead" if dead else "failed",
+        last_error=error,
+        next_attempt_at=None if dead else retry_at,
+        lease_expires_at=None,
+        updated_at=now,
     )

@@ -18,7 +18,13 @@ from runflow_callbacks.stores import (
     check_limit,
     check_state,
 )
-from runflow_callbacks.stores._logic import can_claim, new_token, resettable
+from runflow_callbacks.stores._logic import (
+    as_failed,
+    as_processed,
+    can_claim,
+    new_token,
+    resettable,
+)
 
 if TYPE_CHECKING:
     from datetime import datetime, timedelta
@@ -129,14 +135,7 @@ class MemoryStore(StoreBase):
             return False
         del self._tokens[key]
         self._due.pop(key, None)
-        self._records[key] = dataclasses.replace(
-            record,
-            state="processed",
-            processed_at=now,
-            lease_expires_at=None,
-            next_attempt_at=None,
-            updated_at=now,
-        )
+        self._records[key] = as_processed(record, now)
         return True
 
     async def fail(
@@ -157,19 +156,11 @@ class MemoryStore(StoreBase):
         if record is None:
             return False
         del self._tokens[key]
-        state: State = "dead" if dead else "failed"
         if dead:
             self._due.pop(key, None)
         else:
             self._due[key] = now if retry_at is None else retry_at
-        self._records[key] = dataclasses.replace(
-            record,
-            state=state,
-            last_error=error,
-            next_attempt_at=retry_at,
-            lease_expires_at=None,
-            updated_at=now,
-        )
+        self._records[key] = as_failed(record, now=now, error=error, retry_at=retry_at, dead=dead)
         return True
 
     async def claim_due(self, *, now: datetime, lease: timedelta, limit: int) -> list[Claim]:

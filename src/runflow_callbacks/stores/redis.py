@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from runflow_callbacks.errors import StoreError
@@ -48,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - only without the extra
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-    from datetime import datetime, timedelta
+    from datetime import datetime
 
     from runflow_callbacks.stores import IncomingCallback, State
 
@@ -232,14 +233,27 @@ def _to_record(key: str, flat: list[bytes] | dict[bytes, bytes]) -> StoredCallba
 class RedisStore(StoreBase):
     """A :class:`~runflow_callbacks.stores.CallbackStore` in Redis (``redis://``, ``rediss://``).
 
-    ``namespace`` prefixes every key (``<namespace>:...``). Connections come from redis-py's
-    pool, opened on first use.
+    ``namespace`` prefixes every key (``<namespace>:...``). Up to ``max_connections``
+    connections are opened on demand; a caller waits up to ``connection_wait`` for a free one.
     """
 
-    def __init__(self, url: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        max_connections: int = 32,
+        connection_wait: timedelta = timedelta(seconds=10),
+    ) -> None:
         self.namespace = check_namespace(namespace)
+        check_limit(max_connections, name="max_connections")
         self._url = url
-        self._client: Any = redis_asyncio.Redis.from_url(url, decode_responses=False)
+        # A blocking pool: a burst above max_connections waits for a free connection (up to
+        # connection_wait) instead of failing at once.
+        pool = redis_asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=connection_wait.total_seconds()
+        )
+        self._client: Any = redis_asyncio.Redis(connection_pool=pool, decode_responses=False)
         prefix = f"{self.namespace}:"
         self._hash_prefix = f"{prefix}cb:"
         self._order, self._due, self._stats = f"{prefix}order", f"{prefix}due", f"{prefix}stats"
@@ -399,4 +413,4 @@ class RedisStore(StoreBase):
         if self._closed:
             return
         self._closed = True
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)
