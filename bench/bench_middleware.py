@@ -18,7 +18,7 @@ joins the replayed body with a final empty chunk, which copies it once more). Th
 declaring ``Content-Length: 1000000000`` and sending no body is answered 413 at once, and the
 peak RSS does not move: the body was never read.
 
-    python bench/bench_middleware.py [--seconds 5] [--rounds 3] [--connections 16]
+    python bench/bench_middleware.py [--seconds 5] [--rounds 3] [--connections 16] [--no-pin]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -133,13 +134,27 @@ def serve(config: str, port: int) -> None:
     )
 
 
+def pinned(cpu: int, command: list[str]) -> list[str]:
+    """``command`` bound to one CPU with ``taskset`` (when there are two CPUs to share).
+
+    The server on CPU 0 and wrk on CPU 1 stop migrating between cores, which otherwise costs
+    cache refills on every request and adds more noise than the difference measured.
+    """
+    if PIN_CPUS and shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", str(cpu), *command]
+    return command
+
+
+PIN_CPUS = True
+
+
 class Server:
     """One server process for one configuration."""
 
     def __init__(self, config: str) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "serve", config, str(self.port)],
+            pinned(0, [sys.executable, __file__, "serve", config, str(self.port)]),
             stdout=subprocess.DEVNULL,
         )
         wait_for_port("127.0.0.1", self.port, timeout=30)
@@ -193,7 +208,9 @@ def run_wrk(server: Server, script: Path, *, seconds: int, connections: int) -> 
     """One wrk run against ``server``: requests per second and server CPU per request."""
     cpu_before = cpu_seconds(server.process.pid)
     result = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), server.url],
+        pinned(
+            1, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), server.url]
+        ),
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -292,10 +309,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per config")
     parser.add_argument("--connections", type=int, default=16, help="wrk keep-alive connections")
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not bind the server and wrk to separate CPUs"
+    )
     args = parser.parse_args(argv)
+    global PIN_CPUS  # noqa: PLW0603 - one switch read by pinned(), set once from the command line
+    PIN_CPUS = not args.no_pin
 
+    pin = "server on CPU 0, wrk on CPU 1" if pinned(0, []) else "not pinned"
     print(
-        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, uvicorn 1 worker, "
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs ({pin}), uvicorn 1 worker, "
         f"{BODY_BYTES} B signed batch callbacks, wrk -t1 -c{args.connections} "
         f"-d{args.seconds}s x {args.rounds} rounds\n"
     )
