@@ -8,8 +8,10 @@
     runflow-callbacks reconcile --batch 0190f2a4-... --handler app:handle
 
 Secrets come from ``--secret`` (repeatable) or ``RUNFLOW_CALLBACK_SECRETS``; the store from
-``--store`` (default ``sqlite:///./runflow-callbacks.db``). A handler is
-``module:function`` taking the :class:`~runflow_callbacks.asgi.CallbackContext`.
+``--store`` (default ``sqlite:///./runflow-callbacks.db``), within ``--namespace`` (or
+``RUNFLOW_CALLBACK_NAMESPACE``: the table or key prefix, so that several receivers can share
+one server). A handler is ``module:function`` taking the
+:class:`~runflow_callbacks.asgi.CallbackContext`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ from runflow_callbacks.errors import ConfigurationError
 from runflow_callbacks.processing import DEFAULT_MAX_TRIES, CallbackProcessor
 from runflow_callbacks.receiver import Handler, as_processing_handler
 from runflow_callbacks.reconcile import reconcile
-from runflow_callbacks.stores import STATES, UnknownCallbackError, open_store
+from runflow_callbacks.stores import (
+    DEFAULT_NAMESPACE,
+    STATES,
+    UnknownCallbackError,
+    open_store,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -51,6 +58,15 @@ def _add_store_option(parser: argparse.ArgumentParser) -> None:
         help=(
             "where callbacks are recorded: sqlite:///path.db, redis://..., postgresql://... "
             f"(default: $RUNFLOW_CALLBACK_STORE, else {DEFAULT_STORE_URL})"
+        ),
+    )
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("RUNFLOW_CALLBACK_NAMESPACE", DEFAULT_NAMESPACE),
+        metavar="NAME",
+        help=(
+            "table name (SQL) or key prefix (Redis), so several receivers can share one server "
+            f"(default: $RUNFLOW_CALLBACK_NAMESPACE, else {DEFAULT_NAMESPACE})"
         ),
     )
 
@@ -218,6 +234,7 @@ def run_serve(args: argparse.Namespace) -> int:
         lease=timedelta(seconds=args.lease_seconds),
         max_tries=args.max_tries,
         poll_interval=timedelta(seconds=args.poll_seconds),
+        namespace=args.namespace,
     )
     logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
     mode = "record only" if args.handler is None else ("inbox" if args.inbox else "sync")
@@ -250,8 +267,8 @@ def _run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
-async def _with_store(url: str, action: Any) -> Any:
-    async with open_store(url) as store:
+async def _with_store(args: argparse.Namespace, action: Any) -> Any:
+    async with open_store(args.store, namespace=args.namespace) as store:
         return await action(store)
 
 
@@ -267,7 +284,7 @@ def run_inbox_list(args: argparse.Namespace) -> int:
     async def action(store: CallbackStore) -> list[StoredCallback]:
         return await store.list_callbacks(limit=args.limit, state=args.state)
 
-    records: list[StoredCallback] = _run(_with_store(args.store, action))
+    records: list[StoredCallback] = _run(_with_store(args, action))
     if args.json:
         print(json.dumps([record.to_json() for record in records], indent=2))
         return 0
@@ -299,7 +316,7 @@ def run_inbox_show(args: argparse.Namespace) -> int:
     async def action(store: CallbackStore) -> StoredCallback | None:
         return await store.get(args.key)
 
-    record: StoredCallback | None = _run(_with_store(args.store, action))
+    record: StoredCallback | None = _run(_with_store(args, action))
     if record is None:
         raise ConfigurationError(f"no callback is recorded under key {args.key!r}")
     body = record.body.decode("utf-8", errors="replace")
@@ -342,7 +359,7 @@ def run_inbox_retry(args: argparse.Namespace) -> int:
                 status = 1
         return status
 
-    result: int = _run(_with_store(args.store, action))
+    result: int = _run(_with_store(args, action))
     return result
 
 
@@ -362,7 +379,7 @@ def run_inbox_stats(args: argparse.Namespace) -> int:
     async def action(store: CallbackStore) -> dict[str, int]:
         return (await store.stats()).to_json()
 
-    counts: dict[str, int] = _run(_with_store(args.store, action))
+    counts: dict[str, int] = _run(_with_store(args, action))
     if args.json:
         print(json.dumps(counts))
     else:
@@ -394,7 +411,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
                 run_ids=args.runs,
             )
 
-    report = _run(_with_store(args.store, action))
+    report = _run(_with_store(args, action))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
