@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runflow_callbacks.errors import ConfigurationError, StoreError
 from runflow_callbacks.models import parse_callback
@@ -29,7 +32,7 @@ from runflow_callbacks.testing import free_port
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from runflow_callbacks.stores import Source
+    from runflow_callbacks.stores import Source, StoredCallback
 
 StoreFactory = Callable[[], CallbackStore]
 
@@ -531,3 +534,101 @@ def test_default_key() -> None:
     assert len(key) == len("sha256:") + 64
     with pytest.raises(ConfigurationError, match="idempotency key"):
         IncomingCallback.from_payload(batch, body, received_at=T0, key=lambda _p, _b: "")
+
+
+# --- every backend agrees with the in-memory model -------------------------------------------
+
+_KEYS = ("k0", "k1", "k2")
+_operation = st.one_of(
+    st.tuples(
+        st.just("record"), st.sampled_from(_KEYS), st.sampled_from(["delivery", "reconcile"])
+    ),
+    st.tuples(st.just("claim"), st.sampled_from(_KEYS), st.integers(0, 3)),
+    st.tuples(st.just("complete"), st.sampled_from(_KEYS), st.booleans()),
+    st.tuples(st.just("fail"), st.sampled_from(_KEYS), st.sampled_from([None, 5, -1])),
+    st.tuples(st.just("due"), st.just(""), st.integers(1, 3)),
+    st.tuples(st.just("reset"), st.sampled_from(_KEYS), st.just(0)),
+    st.tuples(st.just("tick"), st.just(""), st.integers(1, 40)),
+)
+
+
+async def _replay(store: CallbackStore, operations: list[tuple[str, str, Any]]) -> list[object]:
+    """Run ``operations`` on ``store``; what a caller could observe, tokens left out."""
+    now = T0
+    tokens: dict[str, list[str]] = {}
+    seen: list[object] = []
+    for name, key, arg in operations:
+        try:
+            if name == "record":
+                source: Source = arg
+                result = await store.record(incoming(key, at=now, source=source))
+                seen.append(("record", result.inserted, _view(result.record)))
+            elif name == "claim":
+                claim = await store.claim(key, now=now, lease=timedelta(seconds=10 * (arg + 1)))
+                if claim.token:
+                    tokens.setdefault(key, []).append(claim.token)
+                seen.append(("claim", claim.acquired, _view(claim.record)))
+            elif name in {"complete", "fail"}:
+                held = tokens.get(key, ["never-issued"])
+                token = held[-1] if name == "fail" or arg else held[0]  # the first may be stale
+                if name == "complete":
+                    done = await store.complete(key, token, now=now)
+                else:
+                    retry = None if arg in {None, -1} else now + timedelta(seconds=arg)
+                    done = await store.fail(
+                        key, token, now=now, error="E", retry_at=retry, dead=arg == -1
+                    )
+                seen.append((name, done, _view(await store.get(key))))
+            elif name == "due":
+                claims = await store.claim_due(now=now, lease=timedelta(seconds=10), limit=arg)
+                for claim in claims:
+                    assert claim.token
+                    tokens.setdefault(claim.record.key, []).append(claim.token)
+                seen.append(("due", [_view(claim.record) for claim in claims]))
+            elif name == "reset":
+                seen.append(("reset", await store.reset_for_retry(key, now=now)))
+            else:
+                now += timedelta(seconds=arg)
+        except UnknownCallbackError:
+            seen.append((name, "unknown"))
+    seen.append(("stats", await store.stats()))
+    return seen
+
+
+def _view(record: StoredCallback | None) -> object:
+    if record is None:
+        return None
+    return (
+        *(record.key, record.state, record.attempts, record.deliveries, record.last_error),
+        *(record.next_attempt_at, record.lease_expires_at, record.processed_at, record.source),
+    )
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
+)
+def test_backends_agree_with_memory(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    base = f"sqlite:///{tmp_path}/" if backend == "sqlite" else None
+    url = base or request.getfixturevalue(f"{backend}_url")
+
+    @settings(max_examples=25, deadline=None, derandomize=True)
+    @given(st.lists(_operation, max_size=25))
+    def check(operations: list[tuple[str, str, Any]]) -> None:
+        namespace = f"h_{uuid.uuid4().hex[:16]}"
+        where = f"{url}{namespace}.db" if base else url
+
+        async def both() -> tuple[list[object], list[object]]:
+            async with MemoryStore() as model, open_store(where, namespace=namespace) as real:
+                return await _replay(model, operations), await _replay(real, operations)
+
+        expected, actual = asyncio.run(both())
+        assert actual == expected
+
+    check()
