@@ -38,6 +38,10 @@ operation           effect
                     due first: received (due from ``received_at``), failed (due at
                     ``next_attempt_at``) and processing with an expired lease
 ``reset_for_retry`` ``failed``/``dead``/``received`` → ``received`` with ``attempts = 0``
+``get``             the record of one key (None when unknown)
+``list_callbacks``  records in the order they were first received (``limit``, ``state``)
+``stats``           distinct, duplicates, per-state, reconciled and rejected counts
+``note_rejected``   counts a callback the receiver refused (bad signature, bad body...)
 ==================  ==========================================================================
 
 A stale token (its lease expired and someone else claimed the callback since) can neither
