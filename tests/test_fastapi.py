@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -23,6 +23,9 @@ from runflow_callbacks import (
 )
 from runflow_callbacks.fastapi import CallbackDependency
 from runflow_callbacks.testing import serve_in_thread
+
+if TYPE_CHECKING:
+    from runflow_callbacks.errors import RunflowCallbackError
 
 
 def build_app(dependency: CallbackDependency) -> FastAPI:
@@ -195,3 +198,18 @@ async def test_a_client_leaving_mid_body_ends_the_request_without_an_error(
     await drive(app, chunks=[body[:10], body[10:]], headers=signed(body), disconnect_after=1)
     assert called == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_rejections_reach_the_rejected_hook() -> None:
+
+    seen: list[str] = []
+
+    class Counting(CallbackDependency):
+        async def rejected(self, error: RunflowCallbackError) -> None:
+            seen.append(type(error).__name__)
+
+    body = batch_body()
+    async with client(build_app(Counting(secrets=SECRET))) as http:
+        await http.post(PATH, content=body, headers={"Runflow-Signature": "0" * 64})
+        await http.post(PATH, content=body, headers=headers_of(body))
+    assert seen == ["SignatureMismatchError"]

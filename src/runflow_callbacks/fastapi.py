@@ -102,6 +102,7 @@ class CallbackDependency(CallbackOptions):
         except RunflowCallbackError as error:
             status, content = error_answer(error)
             log_rejection(error, status, request.headers.get("runflow-request-id"), started)
+            await self.rejected(error)
             raise HTTPException(status, detail=content) from None
         request.scope.setdefault("state", {})[STATE_KEY] = context
         request._body = context.body  # Starlette's cache: request.body() works in the route
