@@ -191,15 +191,34 @@ async def test_crashed_replica_lease_expires(store: CallbackStore, clock: Clock)
     assert not await store.complete(incoming.key, crashed.token, now=clock())
 
 
-async def test_handler_running_past_its_lease_is_cancelled(
-    store: CallbackStore, clock: Clock
-) -> None:
+async def test_handler_past_its_timeout_is_cancelled(store: CallbackStore, clock: Clock) -> None:
     handler = Recorder()
     handler.gate = asyncio.Event()  # never set: the handler hangs
-    processor = make(store, handler, clock, lease=timedelta(milliseconds=50))
+    processor = make(store, handler, clock, handler_timeout=timedelta(milliseconds=50))
     outcome = await asyncio.wait_for(processor.handle(delivery(processor)), 30)
     assert outcome.status == "failed"
     assert isinstance(outcome.error, TimeoutError | asyncio.TimeoutError)
+
+
+async def test_a_slow_handler_keeps_its_lease(store: CallbackStore) -> None:
+    """The lease is renewed while the handler runs, so a duplicate arriving after the
+    original lease would have expired still waits (409) and the handler runs once."""
+    handler = Recorder()
+    handler.gate = asyncio.Event()
+    lease = timedelta(seconds=1)
+    processor = CallbackProcessor(store, handler, lease=lease)
+    first = asyncio.create_task(processor.handle(delivery(processor)))
+    await asyncio.wait_for(handler.started.wait(), 10)
+    claimed = await store.get(handler.keys[0])
+    assert claimed is not None
+    assert claimed.lease_expires_at is not None
+    deadline = claimed.lease_expires_at + lease
+    await asyncio.sleep(max((deadline - datetime.now(timezone.utc)).total_seconds(), 0.0))
+    duplicate = await asyncio.wait_for(processor.handle(delivery(processor)), 10)
+    assert duplicate.status == "in_progress"
+    handler.gate.set()
+    assert (await asyncio.wait_for(first, 10)).status == "processed"
+    assert len(handler.calls) == 1
 
 
 async def test_unparsable_stored_body_goes_dead(store: CallbackStore, clock: Clock) -> None:
@@ -400,6 +419,8 @@ def test_bad_options(store: CallbackStore) -> None:
         CallbackProcessor(store, handler, mode="later")  # type: ignore[arg-type] # the bad input
     with pytest.raises(ConfigurationError, match="lease"):
         CallbackProcessor(store, handler, lease=timedelta(0))
+    with pytest.raises(ConfigurationError, match="handler_timeout"):
+        CallbackProcessor(store, handler, handler_timeout=timedelta(0))
     with pytest.raises(ConfigurationError, match="max_tries"):
         CallbackProcessor(store, handler, max_tries=0)
     with pytest.raises(ConfigurationError, match="handler"):

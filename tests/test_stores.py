@@ -234,6 +234,26 @@ class TestStore:
         assert (current.state, current.last_error) == ("processing", None)
         assert await store.complete(key, takeover.token, now=T0 + LEASE)
 
+    async def test_renew_extends_only_the_current_lease(self, store: CallbackStore) -> None:
+        key = incoming().key
+        await store.record(incoming())
+        first = await store.claim(key, now=T0, lease=LEASE)
+        assert first.token
+        later = T0 + timedelta(seconds=20)
+        assert await store.renew(key, first.token, now=later, lease=LEASE)
+        renewed = await store.get(key)
+        assert renewed is not None
+        assert renewed.lease_expires_at == later + LEASE
+        assert not (await store.claim(key, now=T0 + LEASE, lease=LEASE)).acquired
+        assert await store.claim_due(now=T0 + LEASE, lease=LEASE, limit=5) == []
+        takeover = await store.claim(key, now=later + LEASE, lease=LEASE)
+        assert takeover.token
+        assert not await store.renew(key, first.token, now=later + LEASE, lease=LEASE)
+        assert await store.complete(key, takeover.token, now=later + LEASE)
+        assert not await store.renew(key, takeover.token, now=later + LEASE, lease=LEASE)
+        with pytest.raises(UnknownCallbackError):
+            await store.renew("nope", "token", now=T0, lease=LEASE)
+
     async def test_claim_due(self, store: CallbackStore) -> None:
         for index, name in enumerate("abcd"):
             await store.record(incoming(name, at=T0 + timedelta(seconds=index)))
@@ -545,6 +565,7 @@ _operation = st.one_of(
     ),
     st.tuples(st.just("claim"), st.sampled_from(_KEYS), st.integers(0, 3)),
     st.tuples(st.just("complete"), st.sampled_from(_KEYS), st.booleans()),
+    st.tuples(st.just("renew"), st.sampled_from(_KEYS), st.booleans()),
     st.tuples(st.just("fail"), st.sampled_from(_KEYS), st.sampled_from([None, 5, -1])),
     st.tuples(st.just("due"), st.just(""), st.integers(1, 3)),
     st.tuples(st.just("reset"), st.sampled_from(_KEYS), st.just(0)),
@@ -568,10 +589,12 @@ async def _replay(store: CallbackStore, operations: list[tuple[str, str, Any]]) 
                 if claim.token:
                     tokens.setdefault(key, []).append(claim.token)
                 seen.append(("claim", claim.acquired, _view(claim.record)))
-            elif name in {"complete", "fail"}:
+            elif name in {"complete", "fail", "renew"}:
                 held = tokens.get(key, ["never-issued"])
                 token = held[-1] if name == "fail" or arg else held[0]  # the first may be stale
-                if name == "complete":
+                if name == "renew":
+                    done = await store.renew(key, token, now=now, lease=timedelta(seconds=15))
+                elif name == "complete":
                     done = await store.complete(key, token, now=now)
                 else:
                     retry = None if arg in {None, -1} else now + timedelta(seconds=arg)

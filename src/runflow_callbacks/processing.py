@@ -34,9 +34,10 @@ Outcomes and their answers:
 ===============  =====  ==========================================================
 
 A lease expires after ``lease`` (default 5 minutes), so a replica that crashed mid-handler does
-not block its callback forever. A handler that runs longer than its lease is cancelled (async
-handlers) or abandoned (sync handlers keep running in their thread) and counted as failed, so
-that two runs never overlap by design; keep ``lease`` above your slowest handler. When the
+not block its callback forever; while a handler runs, the processor renews its lease every
+third of ``lease``, so a short lease (fast recovery) is safe for slow handlers too. A handler
+still running after ``handler_timeout`` (default 15 minutes) is cancelled (async handlers) or
+abandoned (sync handlers keep running in their thread) and counted as failed. When the
 store is unreachable, :meth:`handle` raises :class:`~runflow_callbacks.errors.StoreError`
 (answer 503: nothing was acknowledged). A handler that succeeded but whose completion could not
 be stored will run again after its lease expires: make side effects idempotent where that
@@ -46,6 +47,7 @@ matters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import random
@@ -78,6 +80,7 @@ if TYPE_CHECKING:
     from runflow_callbacks.stores import CallbackStore, Claim
 
 __all__ = [
+    "DEFAULT_HANDLER_TIMEOUT",
     "DEFAULT_LEASE",
     "DEFAULT_MAX_TRIES",
     "CallbackProcessor",
@@ -98,6 +101,8 @@ OutcomeStatus = Literal["processed", "duplicate", "recorded", "dead", "in_progre
 DEFAULT_LEASE: Final = timedelta(minutes=5)
 #: Handler tries before a callback moves to the dead letter.
 DEFAULT_MAX_TRIES: Final = 8
+#: How long one handler run may take before it is cancelled and counted as failed.
+DEFAULT_HANDLER_TIMEOUT: Final = timedelta(minutes=15)
 
 _HTTP_STATUS: Final[dict[str, int]] = {
     "processed": 200,
@@ -227,7 +232,8 @@ class CallbackProcessor:
     """Runs a handler exactly once per idempotency key, on top of a store.
 
     Options (keyword-only): ``mode`` (``"sync"`` or ``"inbox"``), ``lease`` (how long a run
-    holds its callback), ``max_tries`` (handler tries before the dead letter; None for never),
+    holds its callback without renewing it), ``handler_timeout`` (None: no limit),
+    ``max_tries`` (handler tries before the dead letter; None for never),
     ``backoff`` (tries → delay before the next inbox retry), ``clock`` (returns an aware
     datetime) and ``key`` (the idempotency key function, by default
     :func:`~runflow_callbacks.stores.default_key`).
@@ -240,6 +246,7 @@ class CallbackProcessor:
         *,
         mode: Mode = "sync",
         lease: timedelta = DEFAULT_LEASE,
+        handler_timeout: timedelta | None = DEFAULT_HANDLER_TIMEOUT,
         max_tries: int | None = DEFAULT_MAX_TRIES,
         backoff: Callable[[int], timedelta] | None = None,
         clock: Callable[[], datetime] = utc_now,
@@ -255,6 +262,9 @@ class CallbackProcessor:
         self.handler = handler
         self.mode: Mode = mode
         self.lease = check_lease(lease)
+        if handler_timeout is not None and handler_timeout <= timedelta(0):
+            raise ConfigurationError("handler_timeout must be a positive timedelta or None")
+        self.handler_timeout = handler_timeout
         self.max_tries = max_tries
         self.backoff: Callable[[int], timedelta] = backoff or ExponentialBackoff()
         self.clock = clock
@@ -385,14 +395,34 @@ class CallbackProcessor:
             return self._not_run(claim.record)
         return await self._run(claim, payload)
 
-    async def _call_handler(self, context: ProcessingContext) -> None:
-        timeout = self.lease.total_seconds()
-        if self._is_async:
-            result = self.handler(context)
-            assert inspect.isawaitable(result)
-            await asyncio.wait_for(_awaited(result), timeout)
-        else:
-            await asyncio.wait_for(anyio.to_thread.run_sync(self.handler, context), timeout)
+    async def _call_handler(self, context: ProcessingContext, token: str) -> None:
+        timeout = None if self.handler_timeout is None else self.handler_timeout.total_seconds()
+        heartbeat = asyncio.ensure_future(self._heartbeat(context.key, token))
+        try:
+            if self._is_async:
+                result = self.handler(context)
+                assert inspect.isawaitable(result)
+                await asyncio.wait_for(_awaited(result), timeout)
+            else:
+                await asyncio.wait_for(anyio.to_thread.run_sync(self.handler, context), timeout)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _heartbeat(self, key: str, token: str) -> None:
+        """Renew the lease every third of ``lease`` while the handler runs."""
+        interval = self.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                held = await self.store.renew(key, token, now=self._now(), lease=self.lease)
+            except RunflowCallbackError as error:
+                logger.warning("callback %s: could not renew its lease (%s)", key, error)
+                continue
+            if not held:
+                logger.warning("callback %s: its lease was taken over while the handler runs", key)
+                return
 
     async def _run(self, claim: Claim, payload: CallbackPayload | None) -> ProcessingOutcome:
         record, token = claim.record, claim.token
@@ -402,7 +432,7 @@ class CallbackProcessor:
         except InvalidPayloadError as error:  # stored bytes that no longer parse: retry is futile
             return await self._failed(record, token, error, dead=True)
         try:
-            await self._call_handler(ProcessingContext(parsed, record, record.attempts))
+            await self._call_handler(ProcessingContext(parsed, record, record.attempts), token)
         except Exception as error:  # noqa: BLE001 - every handler error is recorded and retried
             return await self._failed(record, token, error)
         now = self._now()
@@ -411,7 +441,7 @@ class CallbackProcessor:
         else:
             logger.warning(
                 "callback %s: the handler returned after its lease was taken over; "
-                "it may have run twice (raise lease above the slowest handler)",
+                "it may have run twice",
                 record.key,
             )
             final = await self.store.get(record.key)

@@ -31,6 +31,8 @@ operation           effect
 ``claim``           takes a lease on a ``received`` or ``failed`` callback, or on a
                     ``processing`` one whose lease expired (its holder crashed); it returns a
                     fencing token and bumps ``attempts``. At most one caller holds a live lease
+``renew``           extends a live lease (``now + lease``), only with the current token: the
+                    heartbeat of a long handler
 ``complete``        ``processing`` → ``processed``, only with the current token
 ``fail``            ``processing`` → ``failed`` (with ``retry_at``) or ``dead``, only with the
                     current token; the error text is kept, never the payload
@@ -368,8 +370,13 @@ class CallbackStore(Protocol):
         """Record a handler failure if ``token`` still holds ``key``; False otherwise."""
         ...
 
+    async def renew(self, key: str, token: str, *, now: datetime, lease: timedelta) -> bool:
+        """Extend the lease of ``token`` on ``key`` to ``now + lease``; False (no change) when
+        ``token`` no longer holds it."""
+        ...
+
     async def claim_due(self, *, now: datetime, lease: timedelta, limit: int) -> list[Claim]:
-        """Claim up to ``limit`` callbacks due for a (re)try, oldest first."""
+        """Claim up to ``limit`` callbacks due for a (re)try, earliest due first."""
         ...
 
     async def get(self, key: str) -> StoredCallback | None:

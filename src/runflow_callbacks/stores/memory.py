@@ -126,6 +126,19 @@ class MemoryStore(StoreBase):
             return None
         return record
 
+    async def renew(self, key: str, token: str, *, now: datetime, lease: timedelta) -> bool:
+        self._check_open()
+        now, lease = aware(now), check_lease(lease)
+        await asyncio.sleep(0)
+        record = self._holds(key, token)
+        if record is None:
+            return False
+        self._due[key] = now + lease
+        self._records[key] = dataclasses.replace(
+            record, lease_expires_at=now + lease, updated_at=now
+        )
+        return True
+
     async def complete(self, key: str, token: str, *, now: datetime) -> bool:
         self._check_open()
         now = aware(now)

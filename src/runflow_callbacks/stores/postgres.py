@@ -273,22 +273,30 @@ class PostgresStore(StoreBase):
 
     async def _finish(self, key: str, token: str, assignments: str, params: Any) -> bool:
         query = self._q(
-            "UPDATE {table} SET "  # noqa: S608 - assignments are literals of complete()/fail()
+            "UPDATE {table} SET "  # noqa: S608 - assignments are literals of our methods
             + assignments
-            + ", lease_token = NULL, lease_expires_at = NULL"
-            " WHERE key = %(key)s AND state = 'processing' AND lease_token = %(token)s"
+            + " WHERE key = %(key)s AND state = 'processing' AND lease_token = %(token)s"
         )
         if await self._rowcount(query, {**params, "key": key, "token": token}) == 1:
             return True
         await self._must_exist(key)
         return False
 
+    async def renew(self, key: str, token: str, *, now: datetime, lease: timedelta) -> bool:
+        now, lease = aware(now), check_lease(lease)
+        return await self._finish(
+            key,
+            token,
+            "lease_expires_at = %(expires)s, due_at = %(expires)s, updated_at = %(now)s",
+            {"now": now, "expires": now + lease},
+        )
+
     async def complete(self, key: str, token: str, *, now: datetime) -> bool:
         return await self._finish(
             key,
             token,
             "state = 'processed', processed_at = %(now)s, next_attempt_at = NULL,"
-            " due_at = NULL, updated_at = %(now)s",
+            " due_at = NULL, updated_at = %(now)s, lease_token = NULL, lease_expires_at = NULL",
             {"now": aware(now)},
         )
 
@@ -308,7 +316,7 @@ class PostgresStore(StoreBase):
             key,
             token,
             "state = %(state)s, last_error = %(error)s, next_attempt_at = %(retry)s,"
-            " due_at = %(due)s, updated_at = %(now)s",
+            " due_at = %(due)s, updated_at = %(now)s, lease_token = NULL, lease_expires_at = NULL",
             {
                 "state": "dead" if dead else "failed",
                 "error": error,

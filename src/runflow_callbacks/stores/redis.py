@@ -157,6 +157,18 @@ return 1
 """
 )
 
+# KEYS: hash, due. ARGV: key, token, now, lease expiry.
+_RENEW: Final = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state ~= 'processing' or redis.call('HGET', KEYS[1], 'lease_token') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'lease_expires_at', ARGV[4], 'updated_at', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+return 1
+"""
+
 # KEYS: due, stats. ARGV: hash prefix, now, lease expiry, limit, tokens...
 _CLAIM_DUE: Final = (
     _PRELUDE
@@ -261,6 +273,7 @@ class RedisStore(StoreBase):
                 ("record", _RECORD),
                 ("claim", _CLAIM),
                 ("finish", _FINISH),
+                ("renew", _RENEW),
                 ("claim_due", _CLAIM_DUE),
                 ("reset", _RESET),
             )
@@ -315,6 +328,15 @@ class RedisStore(StoreBase):
     async def _finish(self, key: str, token: str, state: State, args: list[Any]) -> bool:
         answer = await self._script(
             "finish", [self._hash(key), self._due, self._stats], [key, token, state, *args]
+        )
+        if answer == -1:
+            raise UnknownCallbackError(key)
+        return bool(answer == 1)
+
+    async def renew(self, key: str, token: str, *, now: datetime, lease: timedelta) -> bool:
+        now, lease = aware(now), check_lease(lease)
+        answer = await self._script(
+            "renew", [self._hash(key), self._due], [key, token, to_us(now), to_us(now + lease)]
         )
         if answer == -1:
             raise UnknownCallbackError(key)

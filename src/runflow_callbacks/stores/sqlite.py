@@ -292,7 +292,11 @@ class SQLiteStore(StoreBase):
 
         return await self._run(work)
 
-    async def _finish(self, key: str, token: str, **values: Any) -> bool:
+    async def _finish(self, key: str, token: str, *, keep: bool = False, **values: Any) -> bool:
+        """Update ``key`` if ``token`` holds it; the lease ends unless ``keep``."""
+        if not keep:
+            values = {"lease_token": None, "lease_expires_at": None, **values}
+
         def work(connection: sqlite3.Connection) -> bool:
             def body() -> bool:
                 row = self._select(connection, key)
@@ -300,12 +304,18 @@ class SQLiteStore(StoreBase):
                     raise UnknownCallbackError(key)
                 if row["state"] != "processing" or row["lease_token"] != token:
                     return False
-                self._update(connection, key, lease_token=None, lease_expires_at=None, **values)
+                self._update(connection, key, **values)
                 return True
 
             return self._transaction(connection, body)
 
         return await self._run(work)
+
+    async def renew(self, key: str, token: str, *, now: datetime, lease: timedelta) -> bool:
+        expires = _us(aware(now) + check_lease(lease))
+        return await self._finish(
+            key, token, keep=True, lease_expires_at=expires, due_at=expires, updated_at=_us(now)
+        )
 
     async def complete(self, key: str, token: str, *, now: datetime) -> bool:
         now_us = _us(aware(now))
