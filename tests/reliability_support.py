@@ -8,6 +8,7 @@ atomic, so lines from several processes never interleave):
 * ``try <key>`` before each run when failures are planned (``RELIABILITY_FAIL_PERCENT``): run
   number *n* of a key fails when ``sha256(seed:key:n)`` falls in the lowest percent, so the
   failures are spread evenly and repeat for the same key and seed, in whichever process runs it.
+  A key fails at most :data:`MAX_PLANNED_FAILURES` times, so that none reaches the dead letter.
 
 ``RELIABILITY_SLEEP_S`` makes each successful run sleep a little, to widen the races between
 replicas.
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HANDLER",
+    "MAX_PLANNED_FAILURES",
     "Receiver",
     "done_keys",
     "handle",
@@ -45,6 +47,8 @@ __all__ = [
 #: The ``--handler`` of the ``serve`` processes (``tests/`` is put on their ``PYTHONPATH``).
 HANDLER = "reliability_support:handle"
 _TESTS = Path(__file__).resolve().parent
+#: Planned failures per key at most: well below ``serve``'s ``--max-tries`` (8 by default).
+MAX_PLANNED_FAILURES = 3
 
 
 class PlannedFailureError(RuntimeError):
@@ -77,7 +81,7 @@ def handle(context: CallbackContext) -> None:
         _append(log, f"try {key}\n")
         seed = os.environ.get("RELIABILITY_SEED", "0")
         roll = hashlib.sha256(f"{seed}:{key}:{attempt}".encode()).digest()[0] * 100 // 256
-        if roll < fail_percent:
+        if roll < fail_percent and attempt <= MAX_PLANNED_FAILURES:
             raise PlannedFailureError(f"planned failure of run {attempt}")
     sleep_s = float(os.environ.get("RELIABILITY_SLEEP_S", "0"))
     if sleep_s:
