@@ -46,6 +46,9 @@ CALLBACKS = 500
 CONCURRENCY = 32
 #: Short waits between the fake's attempts, so a 409 or a restart costs little time.
 RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
+#: Soak callbacks on Redis and PostgreSQL (SQLite soaks with CALLBACKS): enough to cross the
+#: restart with failures in flight on both replicas, few enough to keep CI short.
+SOAK_CALLBACKS_SHARED = 300
 
 
 @pytest.fixture
@@ -187,30 +190,58 @@ def test_two_replicas_sharing_a_store_run_each_of_500_callbacks_once(
     )
 
 
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+def soak_store(request: pytest.FixtureRequest, workdir: Path) -> tuple[str, str]:
+    """The backend of a soak and its store URL."""
+    backend: str = request.param
+    if backend == "sqlite":
+        return backend, f"sqlite:///{workdir}/soak.db"
+    url: str = request.getfixturevalue(f"{backend}_url")
+    return backend, url
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_soak_with_failing_handlers_and_a_restart_loses_and_repeats_nothing(
-    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    soak_store: tuple[str, str],
+    namespace: str,
+    workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    count = CALLBACKS
-    store = f"sqlite:///{workdir}/soak.db"
+    # One receiver on a SQLite file; two replicas sharing Redis or PostgreSQL, one of them
+    # restarted midway while the other goes on.
+    backend, store = soak_store
+    count, replicas = (CALLBACKS, 1) if backend == "sqlite" else (SOAK_CALLBACKS_SHARED, 2)
     planned = {"RELIABILITY_FAIL_PERCENT": "20", "RELIABILITY_SEED": "soak"}
     for name, value in planned.items():
         monkeypatch.setenv(name, value)  # for the reconcile run in this process
-    receiver = Receiver(
-        workdir,
-        secret=SECRET,
-        args=["--store", store, "--handler", HANDLER, "--lease-seconds", "30"],
-        env=planned,
-    )
+    ns = ("--store", store, "--namespace", namespace)
+    receivers = [
+        Receiver(
+            workdir,
+            secret=SECRET,
+            name=f"receiver{number}",
+            args=[*ns, "--handler", HANDLER, "--lease-seconds", "30"],
+            env=planned,
+        )
+        for number in range(1, replicas + 1)
+    ]
     with contextlib.ExitStack() as stack:
-        stack.enter_context(receiver)
+        for receiver in receivers:
+            stack.enter_context(receiver)
         runflow = stack.enter_context(
             serve_fake_runflow(
                 secret=SECRET, retry_delays_s=RETRY_DELAYS_S, max_attempts=6, attempt_timeout_s=20
             )
         )
-        batch_ids = asyncio.run(_create_with_a_restart(runflow, receiver, count=count))
+        batch_ids = asyncio.run(_create_with_a_restart(runflow, receivers, count=count))
         histories = wait_until_delivered(runflow, batch_ids, timeout_s=120)
 
         # Whatever Runflow gave up on (failed or down too often) is read back from the
@@ -219,7 +250,7 @@ def test_soak_with_failing_handlers_and_a_restart_loses_and_repeats_nothing(
         exhausted = sorted(i for i, state in states.items() if state != "succeeded")
         monkeypatch.setenv("RUNFLOW_API_URL", runflow.base_url)
         monkeypatch.setenv("RUNFLOW_API_KEY", runflow.api_key)
-        argv = ["reconcile", "--store", store, "--handler", HANDLER, "--json"]
+        argv = ["reconcile", *ns, "--handler", HANDLER, "--json"]
         for batch_id in exhausted:
             argv += ["--batch", batch_id]
         reconciled = collections.Counter[str]()
@@ -232,7 +263,6 @@ def test_soak_with_failing_handlers_and_a_restart_loses_and_repeats_nothing(
             if code == 0:
                 break
             assert time.monotonic() < deadline, report
-        receiver.stop()
 
     # No answer was a 5xx other than the planned handler failures (500); the restart shows
     # as connection errors (no status).
@@ -243,7 +273,7 @@ def test_soak_with_failing_handlers_and_a_restart_loses_and_repeats_nothing(
     assert {key.split(":")[1] for key in done} == set(batch_ids)
     runs = tries(workdir / "handled.log")
     assert runs > count  # some runs failed as planned
-    stats = _cli_json(capsys, "inbox", "stats", "--json", "--store", store)
+    stats = _cli_json(capsys, "inbox", "stats", "--json", *ns)
     assert stats == {
         **stats,
         "received": count,
@@ -254,24 +284,26 @@ def test_soak_with_failing_handlers_and_a_restart_loses_and_repeats_nothing(
         "pending": 0,
     }
     print(
-        f"soak: {runs} handler runs for {count} callbacks ({runs - count} failed), "
+        f"soak on {backend}: {runs} handler runs for {count} callbacks ({runs - count} failed), "
         f"{statuses.count(None)} attempts found the receiver down, "
         f"{len(exhausted)} reconciled ({dict(reconciled)})"
     )
 
 
 async def _create_with_a_restart(
-    runflow: RunningFakeRunflow, receiver: Receiver, *, count: int
+    runflow: RunningFakeRunflow, receivers: list[Receiver], *, count: int
 ) -> list[str]:
-    """Create ``count`` batches, restarting ``receiver`` once half of them exist."""
+    """Create ``count`` batches (callback URLs alternating between ``receivers``), restarting
+    the first receiver once half of them exist."""
     limit = asyncio.Semaphore(8)
     created: list[str] = []
     half_created = asyncio.Event()
 
     async def one(number: int) -> None:
         async with limit:
+            url = receivers[number % len(receivers)].url + PATH
             batch = await asyncio.to_thread(
-                runflow.create_batch, callback_url=receiver.url + PATH, metadata={"n": number}
+                runflow.create_batch, callback_url=url, metadata={"n": number}
             )
             created.append(batch["id"])
             if len(created) == count // 2:
@@ -279,7 +311,7 @@ async def _create_with_a_restart(
 
     async def restart_midway() -> None:
         await half_created.wait()
-        await asyncio.to_thread(receiver.restart)  # creating goes on meanwhile
+        await asyncio.to_thread(receivers[0].restart)  # creating goes on meanwhile
 
     restart = asyncio.create_task(restart_midway())
     await asyncio.gather(*(one(number) for number in range(count)))
