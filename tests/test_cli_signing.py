@@ -187,7 +187,7 @@ def test_help_mentions_the_environment_variable(capsys: pytest.CaptureFixture[st
 
 
 def test_demo_verifies_then_rejects_rewritten_copies(cli: Callable[..., Run]) -> None:
-    result = cli("demo")
+    result = cli("demo", "--signatures-only")
     assert result.code == 0
     assert "verified with secret 'new' (position 1)" in result.out
     assert result.out.count("rejected (signature_mismatch)") == 2

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import io
+import re
 from typing import TYPE_CHECKING
 
-from runflow_callbacks.demo import run
+from runflow_callbacks.cli import main
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import pytest
 
-def test_the_demo_handles_every_batch_exactly_once(tmp_path: Path) -> None:
-    out = io.StringIO()
-    assert run(batches=4, workdir=tmp_path, out=out) == 0, out.getvalue()
-    text = out.getvalue()
+
+def test_the_demo_handles_every_batch_exactly_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["demo", "--batches", "4", "--workdir", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "verified with secret 'new'" in text  # the signature walk-through comes first
     assert "4/4 delivered" in text
     assert "-> 401 signature_mismatch" in text
     assert "3 callbacks exhausted all 5 attempts" in text
@@ -22,4 +27,10 @@ def test_the_demo_handles_every_batch_exactly_once(tmp_path: Path) -> None:
     assert "duplicates ignored    3" in text
     assert "rejected              2" in text
     assert "OK: 10 batches, 10 handler runs (0 repeated, 0 lost)" in text
-    assert "whsec_" not in text  # the demo's secret never reaches the output
+    # Secrets show masked (``Secret('whsec_demo…')``), never whole.
+    assert not re.search(r"whsec_demo_[0-9a-f]{8}", text)
+
+
+def test_the_demo_refuses_an_empty_stream(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--batches", "0"]) == 1
+    assert "--batches must be at least 1" in capsys.readouterr().err

@@ -1,19 +1,25 @@
-"""``runflow-callbacks demo``: signing and verification at work on a sample batch callback.
+"""``runflow-callbacks demo``: the README's main job.
 
-Signs a realistic ``batch.partial_succeeded`` callback the way Runflow does, verifies it during a
-secret rotation (reporting which secret matched), parses it, then shows two copies rewritten in
-transit (``Z`` timestamps, a re-serialized body) rejected with the reason and a hint. Everything
-is deterministic: fixed seed, fixed clock.
+The demo first walks through signatures (below), then runs the receiver at work: a fake
+Runflow delivering to ``runflow-callbacks serve`` on SQLite (:mod:`runflow_callbacks.demo`).
+``--signatures-only`` stops after the first part.
+
+The signature walk-through signs a realistic ``batch.partial_succeeded`` callback the way
+Runflow does, verifies it during a secret rotation (reporting which secret matched), parses
+it, then shows copies rewritten in transit (``Z`` timestamps, a re-serialized body) rejected
+with the reason and a hint. That part is deterministic: fixed seed, fixed clock.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runflow_callbacks import demo as receiver_demo
 from runflow_callbacks.diagnose import diagnose_mismatch
-from runflow_callbacks.errors import VerificationError
+from runflow_callbacks.errors import ConfigurationError, VerificationError
 from runflow_callbacks.models import BatchCallbackPayload, parse_callback
 from runflow_callbacks.testing.factories import PayloadFactory
 from runflow_callbacks.verifier import Secret, Verifier, sign
@@ -21,7 +27,7 @@ from runflow_callbacks.verifier import Secret, Verifier, sign
 if TYPE_CHECKING:
     import argparse
 
-__all__ = ["register", "run_demo"]
+__all__ = ["register", "run_demo", "show_signatures"]
 
 _FIXED_TIME = datetime(2026, 5, 6, 10, 0, 1, 250000, tzinfo=timezone.utc)
 
@@ -30,8 +36,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``demo`` to the command line."""
     parser = subparsers.add_parser(
         "demo",
-        help="sign, verify and reject sample callbacks",
+        help="the receiver at work: fake Runflow, serve on SQLite, restarts, reconcile",
         description=run_demo.__doc__,
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=20,
+        metavar="N",
+        help="how many batch callbacks the first stream delivers (default: 20)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        metavar="DIR",
+        help="keep the SQLite store and logs in DIR (default: a temporary directory)",
+    )
+    parser.add_argument(
+        "--signatures-only",
+        action="store_true",
+        help="only sign, verify and reject sample callbacks (no servers)",
     )
     parser.set_defaults(func=run_demo)
 
@@ -57,8 +81,21 @@ def _check(verifier: Verifier, title: str, body: bytes, signature: str) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """Sign and verify sample callbacks, then run a fake Runflow delivering to ``serve`` on
+    SQLite: a stream of callbacks, forged ones rejected, duplicates, a receiver restart,
+    reconcile and the inbox summary. Exits 0 when every batch was handled exactly once."""
+    if args.batches < 1:
+        raise ConfigurationError("--batches must be at least 1")
+    print("0. Signatures")
+    print("-------------")
+    show_signatures()
+    if args.signatures_only:
+        return 0
+    return receiver_demo.run(batches=args.batches, workdir=args.workdir)
+
+
+def show_signatures() -> None:
     """Sign a sample batch callback, verify it during a rotation, reject rewritten copies."""
-    del args  # the demo takes no options
     old = Secret("whsec_demo_old_2f6b1c0e9d8a7f65", label="old")
     new = Secret("whsec_demo_new_8c3e5a7b9d1f2460", label="new")
     verifier = Verifier([old, new])
@@ -75,4 +112,3 @@ def run_demo(args: argparse.Namespace) -> int:
     compact = json.dumps(json.loads(body), separators=(",", ":")).encode()
     _check(verifier, "3. body re-serialized by a framework", compact, signature)
     _check(verifier, "4. header with a sha256= prefix", body, f"sha256={signature}")
-    return 0
