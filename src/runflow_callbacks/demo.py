@@ -206,8 +206,11 @@ def _workdir(path: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def run(*, batches: int = 20, workdir: Path | None = None, out: TextIO = sys.stdout) -> int:
-    """Run the whole demo; return 0 when every batch was handled exactly once."""
+def run(*, batches: int = 20, workdir: Path | None = None, out: TextIO | None = None) -> int:
+    """Run the whole demo; return 0 when every batch was handled exactly once.
+
+    ``out`` defaults to the ``sys.stdout`` of the moment of the call (not of the import).
+    """
     secret = "whsec_demo_" + secrets.token_hex(16)
     with _workdir(workdir) as root:
         store_url = f"sqlite:///{root / 'runflow-callbacks.db'}"
@@ -219,7 +222,8 @@ def run(*, batches: int = 20, workdir: Path | None = None, out: TextIO = sys.std
                 max_attempts=_MAX_ATTEMPTS,
                 attempt_timeout_s=2.0,
             ) as runflow:
-                return _acts(_Demo(runflow, receiver, out), root, store_url, secret, batches)
+                demo = _Demo(runflow, receiver, out or sys.stdout)
+                return _acts(demo, root, store_url, secret, batches)
         finally:
             receiver.close()
 
