@@ -7,9 +7,14 @@ of:
 * ``floor``: stdlib ``hmac.digest`` one-shot over the body plus ``hmac.compare_digest``,
 * ``verify``: our :func:`runflow_callbacks.verify` (header parsing included),
 * ``incremental``: an :class:`IncrementalVerifier` fed 64 KiB chunks, then ``verify``,
-* ``verify + parse``: ``verify`` then :func:`parse_callback` into typed models,
-* ``(reference) JSON parse alone``: ``pydantic_core.from_json`` over the body, the parser
-  ``parse_callback`` runs on (what typed parsing cannot go below),
+* ``verify + parse``: ``verify`` then :func:`parse_callback` into typed models (a batch's
+  items are built on first use, so this is what a handler that reads the envelope and the
+  counts pays),
+* ``(reference) verify + parse + read the items``: the same, then reading ``output.items``
+  (what a handler that walks every item pays),
+* ``(reference) verify + parse, defer_items=False``: every item built during the parse,
+* ``(reference) JSON parse alone``: ``pydantic_core.from_json`` over the body (every value
+  built as a Python object),
 * the peers, each with its own scheme on the same body: ``standardwebhooks``
   ``Webhook.verify`` (returns a parsed, untyped dict), ``svix`` ``Webhook.verify``, ``stripe``
   ``WebhookSignature.verify_header``.
@@ -34,7 +39,13 @@ from typing import TYPE_CHECKING
 
 from pydantic_core import from_json
 
-from runflow_callbacks import IncrementalVerifier, parse_callback, sign, verify
+from runflow_callbacks import (
+    BatchCallbackPayload,
+    IncrementalVerifier,
+    parse_callback,
+    sign,
+    verify,
+)
 from runflow_callbacks.testing.factories import PayloadFactory
 
 if TYPE_CHECKING:
@@ -87,11 +98,23 @@ def _ours(body: bytes) -> dict[str, Callable[[], object]]:
         verify(body, signature, SECRET)
         return parse_callback(body)
 
+    def and_read_items() -> object:
+        verify(body, signature, SECRET)
+        payload = parse_callback(body)
+        assert isinstance(payload, BatchCallbackPayload)
+        assert payload.output is not None
+        return payload.output.items
+
     return {
         "floor": floor,
         "verify": lambda: verify(body, signature, SECRET),
         "incremental (64 KiB chunks)": incremental,
         "verify + parse": verify_and_parse,
+        "(reference) verify + parse + read the items": and_read_items,
+        "(reference) verify + parse, defer_items=False": lambda: (
+            verify(body, signature, SECRET),
+            parse_callback(body, defer_items=False),
+        ),
         "(reference) JSON parse alone": lambda: from_json(body, cache_strings="keys"),
     }
 
