@@ -51,7 +51,7 @@ from runflow_callbacks.errors import (
     VerificationError,
 )
 from runflow_callbacks.models import parse_callback
-from runflow_callbacks.verifier import SecretsInput, Verifier, parse_signature
+from runflow_callbacks.verifier import SecretsInput, Verifier, _verify_digest, parse_signature
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -180,10 +180,10 @@ class CallbackReader:
     __slots__ = (
         "_buffer",
         "_clock",
+        "_expected",
         "_first",
         "_incremental",
         "_limit",
-        "_signature",
         "_verifier",
         "headers",
         "received",
@@ -228,12 +228,13 @@ class CallbackReader:
         self._buffer: bytearray | None = None
         self._incremental: IncrementalVerifier | None = None
         self.received = 0
+        # The header is parsed once, here: a malformed one is rejected before reading the body.
         if signature is None:
             if not allow_unsigned:
                 raise MissingSignatureError
+            self._expected: bytes | None = None
         else:
-            parse_signature(signature)  # reject a malformed header before reading the body
-        self._signature = signature
+            self._expected = parse_signature(signature)
         self._verifier = verifier
         if content_length is not None:
             stripped = content_length.strip()
@@ -255,7 +256,7 @@ class CallbackReader:
                 self._incremental.update(chunk)
             self._buffer += chunk
         elif self._first:
-            if self._signature is not None:
+            if self._expected is not None:
                 self._incremental = self._verifier.incremental()
                 self._incremental.update(self._first)
                 self._incremental.update(chunk)
@@ -274,10 +275,11 @@ class CallbackReader:
             self._buffer = None  # freed before parsing, which makes its own copies
         self._first = b""
         secret = None
-        if self._incremental is not None:
-            secret = self._incremental.verify(self._signature)
-        elif self._signature is not None:
-            secret = self._verifier.verify(body, self._signature)
+        if self._expected is not None:
+            if self._incremental is not None:  # fed chunk by chunk as they arrived
+                secret = self._incremental._match(self._expected)
+            else:
+                secret = _verify_digest(body, self._expected, self._verifier.secrets)
         if not body:
             raise InvalidPayloadError("the callback body is empty")
         return CallbackContext(

@@ -355,7 +355,10 @@ class IncrementalVerifier:
 
     def verify(self, signature: str | bytes | None) -> Secret:
         """Check the header against the bytes fed so far; return the matching secret."""
-        expected = parse_signature(signature)
+        return self._match(parse_signature(signature))
+
+    def _match(self, expected: bytes) -> Secret:
+        # ``expected``: the digest parse_signature() made of the header.
         if self._digests is None:
             self._digests = [mac.finalize() for mac in self._macs]
         for secret, digest in zip(self._secrets, self._digests, strict=False):
