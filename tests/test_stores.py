@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import uuid
@@ -18,6 +19,8 @@ from hypothesis import strategies as st
 from runflow_callbacks.errors import ConfigurationError, StoreError
 from runflow_callbacks.models import parse_callback
 from runflow_callbacks.stores import (
+    STATES,
+    Admission,
     CallbackStore,
     IncomingCallback,
     StoreStats,
@@ -157,6 +160,11 @@ class TestStore:
         assert (result.record.source, result.record.deliveries) == ("reconcile", 0)
         stats = await store.stats()
         assert (stats.received, stats.duplicates, stats.reconciled) == (1, 0, 1)
+        # Its first delivery is no duplicate; the second is.
+        assert (await store.record(incoming())).record.deliveries == 1
+        assert (await store.stats()).duplicates == 0
+        assert (await store.record(incoming())).record.deliveries == 2
+        assert (await store.stats()).duplicates == 1
 
     async def test_claim_is_exclusive_until_complete(self, store: CallbackStore) -> None:
         await store.record(incoming())
@@ -390,6 +398,203 @@ class TestStore:
         with pytest.raises(ConfigurationError, match="limit"):
             await store.claim_due(now=T0, lease=LEASE, limit=-1)
 
+    async def test_record_and_claim_records_a_new_key_as_record_does_and_leases_it(
+        self, store: CallbackStore
+    ) -> None:
+        now = T0 + timedelta(seconds=2)
+        admission = await store.record_and_claim(incoming(body=ODD_BYTES), now=now, lease=LEASE)
+        assert admission.inserted
+        assert admission.acquired
+        assert admission.token
+        assert (admission.state, admission.attempts) == ("processing", 1)
+        assert admission.token not in repr(admission)  # the token stays out of repr
+        taken = await store.get(incoming().key)
+        assert taken is not None
+        assert (taken.state, taken.attempts, taken.deliveries) == ("processing", 1, 1)
+        assert (taken.lease_expires_at, taken.updated_at) == (now + LEASE, now)
+        # Everything else is exactly what record stores (the body bytes above all).
+        recorded = await store.record(incoming("other", body=ODD_BYTES))
+        assert recorded.record.body == ODD_BYTES
+        assert taken == dataclasses.replace(
+            recorded.record,
+            key=taken.key,
+            state="processing",
+            attempts=1,
+            lease_expires_at=now + LEASE,
+            updated_at=now,
+        )
+        # The token is a real lease: it fences, renews and completes like a claim's.
+        assert not (await store.claim(taken.key, now=now, lease=LEASE)).acquired
+        assert await store.claim_due(now=now + LEASE / 2, lease=LEASE, limit=10) != []  # other
+        assert await store.renew(taken.key, admission.token, now=now, lease=LEASE)
+        assert await store.complete(taken.key, admission.token, now=now)
+        done = await store.get(taken.key)
+        assert done is not None
+        assert done.state == "processed"
+
+    async def test_record_and_claim_without_a_lease_only_records(
+        self, store: CallbackStore
+    ) -> None:
+        admission = await store.record_and_claim(
+            incoming(body=ODD_BYTES), now=T0 + timedelta(seconds=2), lease=None
+        )
+        assert admission == Admission(inserted=True, state="received", attempts=0)
+        assert not admission.acquired
+        stored = await store.get(incoming().key)
+        recorded = await store.record(incoming("other", body=ODD_BYTES))
+        assert stored == dataclasses.replace(recorded.record, key=incoming().key)
+        # Due from received_at, exactly as a recorded callback is.
+        due = await store.claim_due(now=T0, lease=LEASE, limit=10)
+        assert sorted(claim.record.key for claim in due) == ["batch:b1:batch.succeeded", "other"]
+
+    async def test_record_and_claim_of_a_duplicate_counts_it_and_claims_only_when_claimable(
+        self, store: CallbackStore
+    ) -> None:
+        key = incoming().key
+        first = await store.record_and_claim(incoming(), now=T0, lease=LEASE)
+        assert first.token
+        later = T0 + timedelta(seconds=1)
+        live = await store.record_and_claim(
+            incoming(at=later, body=b"other"), now=later, lease=LEASE
+        )
+        assert live == Admission(inserted=False, state="processing", attempts=1)
+        record = await store.get(key)
+        assert record is not None
+        assert (record.deliveries, record.updated_at) == (2, later)  # counted as record does
+        assert record.body == b'{"event": "batch.succeeded"}'  # the first bytes stay
+        assert record.lease_expires_at == T0 + LEASE  # the live lease is untouched
+        # The holder crashed: once its lease expired, the next delivery takes over.
+        expired = T0 + LEASE
+        takeover = await store.record_and_claim(incoming(at=expired), now=expired, lease=LEASE)
+        assert (takeover.inserted, takeover.state, takeover.attempts) == (False, "processing", 2)
+        assert takeover.token
+        assert takeover.token != first.token
+        assert not await store.complete(key, first.token, now=expired)
+        # failed is claimable at once (a redelivery may retry before retry_at).
+        retry_at = expired + timedelta(minutes=5)
+        assert await store.fail(key, takeover.token, now=expired, error="E", retry_at=retry_at)
+        retried = await store.record_and_claim(incoming(at=expired), now=expired, lease=LEASE)
+        assert (retried.state, retried.attempts, retried.acquired) == ("processing", 3, True)
+        assert retried.token
+        assert await store.complete(key, retried.token, now=expired)
+        final = await store.record_and_claim(incoming(at=expired), now=expired, lease=LEASE)
+        assert final == Admission(inserted=False, state="processed", attempts=3)
+        # received: claimable; with lease=None it is counted only.
+        await store.record(incoming("r"))
+        counted = await store.record_and_claim(incoming("r", at=later), now=later, lease=None)
+        assert counted == Admission(inserted=False, state="received", attempts=0)
+        taken = await store.record_and_claim(incoming("r", at=later), now=later, lease=LEASE)
+        assert (taken.state, taken.attempts, taken.acquired) == ("processing", 1, True)
+        # dead is final.
+        assert taken.token
+        assert await store.fail("r", taken.token, now=later, error="E", retry_at=None, dead=True)
+        dead = await store.record_and_claim(incoming("r", at=later), now=later, lease=LEASE)
+        assert dead == Admission(inserted=False, state="dead", attempts=1)
+        stored = await store.get("r")
+        assert stored is not None
+        assert stored.deliveries == 4
+
+    async def test_record_and_claim_from_reconciliation_counts_no_delivery(
+        self, store: CallbackStore
+    ) -> None:
+        later = T0 + timedelta(seconds=1)
+        first = await store.record_and_claim(incoming(source="reconcile"), now=T0, lease=None)
+        assert first == Admission(inserted=True, state="received", attempts=0)
+        again = await store.record_and_claim(
+            incoming(at=later, source="reconcile"), now=later, lease=None
+        )
+        assert again == Admission(inserted=False, state="received", attempts=0)
+        record = await store.get(incoming().key)
+        assert record is not None
+        assert (record.source, record.deliveries, record.updated_at) == ("reconcile", 0, T0)
+        delivered = await store.record_and_claim(incoming(at=later), now=later, lease=LEASE)
+        assert (delivered.inserted, delivered.acquired) == (False, True)
+        record = await store.get(incoming().key)
+        assert record is not None
+        assert (record.source, record.deliveries) == ("reconcile", 1)
+        stats = await store.stats()
+        assert (stats.received, stats.duplicates, stats.reconciled) == (1, 0, 1)
+
+    async def test_release_leaves_an_unhandled_callback_until_its_next_arrival(
+        self, store: CallbackStore
+    ) -> None:
+        key = incoming().key
+        first = await store.record_and_claim(incoming(), now=T0, lease=LEASE)
+        assert first.token
+        stale = await store.claim(key, now=T0 + LEASE, lease=LEASE)  # the first holder's expired
+        assert stale.token
+        assert not await store.release(key, first.token, now=T0 + LEASE)  # a stale token
+        now = T0 + LEASE + timedelta(seconds=1)
+        assert await store.release(key, stale.token, now=now)
+        record = await store.get(key)
+        assert record is not None
+        assert (record.state, record.attempts, record.updated_at) == ("unhandled", 1, now)
+        assert (record.lease_expires_at, record.next_attempt_at) == (None, None)
+        # Given back: the token is spent, and no worker picks it up, however late.
+        assert not await store.release(key, stale.token, now=now)
+        assert not await store.complete(key, stale.token, now=now)
+        assert not await store.renew(key, stale.token, now=now, lease=LEASE)
+        assert await store.claim_due(now=now + timedelta(days=1), lease=LEASE, limit=10) == []
+        assert [r.key for r in await store.list_callbacks(state="unhandled")] == [key]
+        assert "unhandled" in STATES
+        stats = await store.stats()
+        assert (stats.unhandled, stats.pending, stats.processing) == (1, 0, 0)
+        assert stats.to_json()["unhandled"] == 1
+        # Its next delivery finds a handler: it becomes received, and is claimed.
+        again = await store.record_and_claim(incoming(at=now), now=now, lease=LEASE)
+        assert (again.inserted, again.state, again.attempts, again.acquired) == (
+            False,
+            "processing",
+            2,
+            True,
+        )
+        assert again.token
+        assert await store.release(key, again.token, now=now)
+        # Recorded only (inbox mode), it becomes received and due now.
+        later = now + timedelta(seconds=1)
+        queued = await store.record_and_claim(incoming(at=later), now=later, lease=None)
+        assert queued == Admission(inserted=False, state="received", attempts=1)
+        due = await store.claim_due(now=later, lease=LEASE, limit=10)
+        assert [(claim.record.key, claim.record.attempts) for claim in due] == [(key, 2)]
+        assert due[0].token
+        assert await store.release(key, due[0].token, now=later)
+        # claim and reset_for_retry take an unhandled callback too.
+        claimed = await store.claim(key, now=later, lease=LEASE)
+        assert (claimed.acquired, claimed.record.attempts) == (True, 2)
+        assert claimed.token
+        assert await store.release(key, claimed.token, now=later)
+        assert await store.reset_for_retry(key, now=later)
+        reset = await store.get(key)
+        assert reset is not None
+        assert (reset.state, reset.attempts) == ("received", 0)
+        assert (await store.stats()).unhandled == 0
+        with pytest.raises(UnknownCallbackError):
+            await store.release("nope", "token", now=now)
+
+    async def test_concurrent_record_and_claim_records_once_and_one_wins(
+        self, store_factory: StoreFactory
+    ) -> None:
+        stores = [store_factory() for _ in range(4)]
+        admissions = await asyncio.gather(
+            *(s.record_and_claim(incoming(), now=T0, lease=LEASE) for s in stores * 4)
+        )
+        assert sum(admission.inserted for admission in admissions) == 1
+        assert sum(admission.acquired for admission in admissions) == 1
+        assert {admission.attempts for admission in admissions} == {1}
+        record = await stores[0].get(incoming().key)
+        assert record is not None
+        assert (record.deliveries, record.attempts, record.state) == (16, 1, "processing")
+        stats = await stores[0].stats()
+        assert (stats.received, stats.duplicates, stats.processing) == (1, 15, 1)
+
+    async def test_record_and_claim_rejects_bad_arguments(self, store: CallbackStore) -> None:
+        naive = datetime(2026, 5, 6, 10, 0)  # a naive datetime: the bad input
+        with pytest.raises(ConfigurationError, match="timezone-aware"):
+            await store.record_and_claim(incoming(), now=naive, lease=LEASE)
+        with pytest.raises(ConfigurationError, match="lease"):
+            await store.record_and_claim(incoming(), now=T0, lease=timedelta(0))
+        assert await store.get(incoming().key) is None
+
     async def test_is_a_callback_store(self, store: CallbackStore) -> None:
         assert isinstance(store, CallbackStore)
         async with store as entered:
@@ -570,6 +775,12 @@ _operation = st.one_of(
     st.tuples(st.just("due"), st.just(""), st.integers(1, 3)),
     st.tuples(st.just("reset"), st.sampled_from(_KEYS), st.just(0)),
     st.tuples(st.just("tick"), st.just(""), st.integers(1, 40)),
+    st.tuples(
+        st.just("admit"),
+        st.sampled_from(_KEYS),
+        st.tuples(st.sampled_from(["delivery", "reconcile"]), st.sampled_from([None, 0, 3])),
+    ),
+    st.tuples(st.just("release"), st.sampled_from(_KEYS), st.booleans()),
 )
 
 
@@ -589,10 +800,28 @@ async def _replay(store: CallbackStore, operations: list[tuple[str, str, Any]]) 
                 if claim.token:
                     tokens.setdefault(key, []).append(claim.token)
                 seen.append(("claim", claim.acquired, _view(claim.record)))
-            elif name in {"complete", "fail", "renew"}:
+            elif name == "admit":
+                source, lease = arg
+                admission = await store.record_and_claim(
+                    # Received a second before now, so that updated_at tells the two apart.
+                    incoming(key, at=now - timedelta(seconds=1), source=source),
+                    now=now,
+                    lease=None if lease is None else timedelta(seconds=10 * (lease + 1)),
+                )
+                if admission.token:
+                    tokens.setdefault(key, []).append(admission.token)
+                seen.append(
+                    (
+                        *("admit", admission.inserted, admission.state),
+                        *(admission.attempts, admission.acquired, _view(await store.get(key))),
+                    )
+                )
+            elif name in {"complete", "fail", "renew", "release"}:
                 held = tokens.get(key, ["never-issued"])
                 token = held[-1] if name == "fail" or arg else held[0]  # the first may be stale
-                if name == "renew":
+                if name == "release":
+                    done = await store.release(key, token, now=now)
+                elif name == "renew":
                     done = await store.renew(key, token, now=now, lease=timedelta(seconds=15))
                 elif name == "complete":
                     done = await store.complete(key, token, now=now)
@@ -624,6 +853,7 @@ def _view(record: StoredCallback | None) -> object:
     return (
         *(record.key, record.state, record.attempts, record.deliveries, record.last_error),
         *(record.next_attempt_at, record.lease_expires_at, record.processed_at, record.source),
+        record.updated_at,
     )
 
 
@@ -641,7 +871,7 @@ def test_backends_agree_with_memory(
     base = f"sqlite:///{tmp_path}/" if backend == "sqlite" else None
     url = base or request.getfixturevalue(f"{backend}_url")
 
-    @settings(max_examples=25, deadline=None, derandomize=True)
+    @settings(max_examples=60, deadline=None, derandomize=True)
     @given(st.lists(_operation, max_size=25))
     def check(operations: list[tuple[str, str, Any]]) -> None:
         namespace = f"h_{uuid.uuid4().hex[:16]}"

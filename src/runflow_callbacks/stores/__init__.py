@@ -21,33 +21,44 @@ server.
 
 Semantics (identical on every backend, tested by one shared suite):
 
-==================  ==========================================================================
-operation           effect
-==================  ==========================================================================
-``record``          durably stores a new callback in state ``received`` (body bytes exactly as
-                    sent, headers, matched secret, request id, received time); a callback whose
-                    key exists already is a duplicate: only its ``deliveries`` count grows
-                    (a ``"reconcile"`` source never counts as a delivery)
-``claim``           takes a lease on a ``received`` or ``failed`` callback, or on a
-                    ``processing`` one whose lease expired (its holder crashed); it returns a
-                    fencing token and bumps ``attempts``. At most one caller holds a live lease
-``renew``           extends a live lease (``now + lease``), only with the current token: the
-                    heartbeat of a long handler
-``complete``        ``processing`` → ``processed``, only with the current token
-``fail``            ``processing`` → ``failed`` (with ``retry_at``) or ``dead``, only with the
-                    current token; the error text is kept, never the payload
-``claim_due``       claims up to ``limit`` callbacks the inbox worker should run now, earliest
-                    due first: received (due from ``received_at``), failed (due at
-                    ``next_attempt_at``) and processing with an expired lease
-``reset_for_retry`` ``failed``/``dead``/``received`` → ``received`` with ``attempts = 0``
-``get``             the record of one key (None when unknown)
-``list_callbacks``  records in the order they were first received (``limit``, ``state``)
-``stats``           distinct, duplicates, per-state, reconciled and rejected counts
-``note_rejected``   counts a callback the receiver refused (bad signature, bad body...)
-==================  ==========================================================================
+=====================  ==========================================================================
+operation              effect
+=====================  ==========================================================================
+``record``             durably stores a new callback in state ``received`` (body bytes exactly as
+                       sent, headers, matched secret, request id, received time); a callback whose
+                       key exists already is a duplicate: only its ``deliveries`` count grows
+                       (a ``"reconcile"`` source never counts as a delivery)
+``record_and_claim``   ``record`` then ``claim`` as one atomic step (one transaction, script or
+                       statement), answering only an :class:`Admission` (inserted, state,
+                       attempts, token): a new key is recorded and a duplicate counted as by
+                       ``record``, and an ``unhandled`` one becomes ``received`` (due now); then,
+                       unless ``lease`` is None (record only), the lease is taken if ``claim``
+                       would take it
+``claim``              takes a lease on a ``received``, ``failed`` or ``unhandled`` callback, or on
+                       a ``processing`` one whose lease expired (its holder crashed); it returns a
+                       fencing token and bumps ``attempts``. At most one caller holds a live lease
+``renew``              extends a live lease (``now + lease``), only with the current token: the
+                       heartbeat of a long handler
+``complete``           ``processing`` → ``processed``, only with the current token
+``fail``               ``processing`` → ``failed`` (with ``retry_at``) or ``dead``, only with the
+                       current token; the error text is kept, never the payload
+``release``            ``processing`` → ``unhandled``, only with the current token: no handler
+                       takes the event. The lease ends, ``attempts`` drops by one (the claim ran
+                       no handler) and the callback has no due time until it arrives again
+``claim_due``          claims up to ``limit`` callbacks the inbox worker should run now, earliest
+                       due first: received (due from ``received_at``), failed (due at
+                       ``next_attempt_at``) and processing with an expired lease; never
+                       ``unhandled`` ones (retrying them changes nothing until a handler exists)
+``reset_for_retry``    ``failed``/``dead``/``received``/``unhandled`` → ``received`` with
+                       ``attempts = 0``
+``get``                the record of one key (None when unknown)
+``list_callbacks``     records in the order they were first received (``limit``, ``state``)
+``stats``              distinct, duplicates, per-state, reconciled and rejected counts
+``note_rejected``      counts a callback the receiver refused (bad signature, bad body...)
+=====================  ==========================================================================
 
 A stale token (its lease expired and someone else claimed the callback since) can neither
-complete nor fail it: ``complete``/``fail`` return False and change nothing. ``processed`` and
+complete, fail, renew nor release it: those return False and change nothing. ``processed`` and
 ``dead`` are final for ``claim``; only ``reset_for_retry`` (``runflow-callbacks inbox retry``)
 brings a dead callback back. Times are always passed in (``now``), so a clock can be injected;
 stores keep them to the microsecond, in UTC.
@@ -79,6 +90,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_NAMESPACE",
     "STATES",
+    "Admission",
     "CallbackStore",
     "Claim",
     "IncomingCallback",
@@ -93,9 +105,17 @@ __all__ = [
     "open_store",
 ]
 
-State = Literal["received", "processing", "processed", "failed", "dead"]
-"""Where a callback stands: ``received``, ``processing``, then ``processed``/``failed``/``dead``."""
-STATES: Final[tuple[State, ...]] = ("received", "processing", "processed", "failed", "dead")
+State = Literal["received", "processing", "processed", "failed", "dead", "unhandled"]
+"""Where a callback stands: ``received``, ``processing``, then ``processed``/``failed``/``dead``,
+or ``unhandled`` (claimed, but no handler takes its event: it waits for its next arrival)."""
+STATES: Final[tuple[State, ...]] = (
+    "received",
+    "processing",
+    "processed",
+    "failed",
+    "dead",
+    "unhandled",
+)
 Source = Literal["delivery", "reconcile"]
 """How a callback reached the store: delivered by Runflow, or read back from its history."""
 
@@ -317,6 +337,28 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer of :meth:`CallbackStore.record_and_claim`: only what the engine acts on.
+
+    ``inserted`` is True when this call recorded the key for the first time. ``state`` and
+    ``attempts`` are the callback's after the call; when the lease was taken, ``attempts`` is
+    the number of this run (1 on a first run) and ``token`` the fencing token to pass to
+    ``complete``/``fail``/``renew``/``release``. Otherwise ``state`` says why not: ``received``
+    (record only), ``processing`` under someone else's live lease, ``processed`` or ``dead``.
+    """
+
+    inserted: bool
+    state: State
+    attempts: int
+    token: str | None = field(default=None, repr=False)
+
+    @property
+    def acquired(self) -> bool:
+        """True when this caller now holds the lease."""
+        return self.token is not None
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStats:
     """Counts over everything a store holds.
 
@@ -333,6 +375,7 @@ class StoreStats:
     processed: int = 0
     failed: int = 0
     dead: int = 0
+    unhandled: int = 0
     reconciled: int = 0
     rejected: int = 0
 
@@ -347,6 +390,17 @@ class CallbackStore(Protocol):
 
     async def record(self, incoming: IncomingCallback) -> Recorded:
         """Durably store ``incoming``, or count it as a duplicate of the same key."""
+        ...
+
+    async def record_and_claim(
+        self, incoming: IncomingCallback, *, now: datetime, lease: timedelta | None
+    ) -> Admission:
+        """Record ``incoming`` (or count it as a duplicate) and, unless ``lease`` is None, claim
+        it for ``lease``: one atomic step, as ``record`` then ``claim`` would.
+
+        A duplicate never changes the stored body or headers. An ``unhandled`` callback becomes
+        ``received`` (due ``now``) first, so a new arrival runs once a handler takes its event.
+        """
         ...
 
     async def claim(self, key: str, *, now: datetime, lease: timedelta) -> Claim:
@@ -368,6 +422,14 @@ class CallbackStore(Protocol):
         dead: bool = False,
     ) -> bool:
         """Record a handler failure if ``token`` still holds ``key``; False otherwise."""
+        ...
+
+    async def release(self, key: str, token: str, *, now: datetime) -> bool:
+        """Give ``key`` back as ``unhandled`` if ``token`` still holds it; False otherwise.
+
+        For a claim no handler takes: the lease and due time end and ``attempts`` drops by
+        one. Raises :class:`UnknownCallbackError` when ``key`` is absent, as ``complete`` does.
+        """
         ...
 
     async def renew(self, key: str, token: str, *, now: datetime, lease: timedelta) -> bool:
@@ -398,7 +460,7 @@ class CallbackStore(Protocol):
         ...
 
     async def reset_for_retry(self, key: str, *, now: datetime) -> bool:
-        """Make a failed, dead or received callback due again with zero attempts.
+        """Make a failed, dead, received or unhandled callback due again with zero attempts.
 
         False (no change) when it is processed or held under a live lease; raises
         :class:`UnknownCallbackError` when absent.

@@ -7,6 +7,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from runflow_callbacks.stores import (
+    Admission,
     Claim,
     Recorded,
     StoreBase,
@@ -18,10 +19,16 @@ from runflow_callbacks.stores import (
     check_limit,
     check_state,
 )
-from runflow_callbacks.stores._logic import (
+from runflow_callbacks.stores._state import (
+    as_claimed,
+    as_delivered,
     as_failed,
     as_processed,
+    as_released,
+    as_reset,
+    as_woken,
     can_claim,
+    new_record,
     new_token,
     resettable,
 )
@@ -61,51 +68,46 @@ class MemoryStore(StoreBase):
     async def record(self, incoming: IncomingCallback) -> Recorded:
         self._check_open()
         await asyncio.sleep(0)  # behave like the real backends: every call is a yield point
+        return self._record(incoming)
+
+    def _record(self, incoming: IncomingCallback) -> Recorded:
         existing = self._records.get(incoming.key)
         if existing is not None:
-            if incoming.source == "delivery":
-                existing = dataclasses.replace(
-                    existing,
-                    deliveries=existing.deliveries + 1,
-                    updated_at=aware(incoming.received_at),
-                )
-                self._records[incoming.key] = existing
+            existing = as_delivered(existing, incoming)
+            self._records[incoming.key] = existing
             return Recorded(existing, inserted=False)
-        received_at = aware(incoming.received_at)
-        record = StoredCallback(
-            key=incoming.key,
-            kind=incoming.kind,
-            subject_id=incoming.subject_id,
-            event=incoming.event,
-            body=bytes(incoming.body),
-            headers=dict(incoming.headers),
-            secret_id=incoming.secret_id,
-            secret_label=incoming.secret_label,
-            request_id=incoming.request_id,
-            received_at=received_at,
-            source=incoming.source,
-            state="received",
-            attempts=0,
-            deliveries=1 if incoming.source == "delivery" else 0,
-            last_error=None,
-            next_attempt_at=None,
-            lease_expires_at=None,
-            processed_at=None,
-            updated_at=received_at,
-        )
+        record = new_record(incoming)
         self._records[incoming.key] = record
-        self._due[incoming.key] = received_at
+        self._due[incoming.key] = record.received_at
         return Recorded(record, inserted=True)
+
+    async def record_and_claim(
+        self, incoming: IncomingCallback, *, now: datetime, lease: timedelta | None
+    ) -> Admission:
+        self._check_open()
+        now = aware(now)
+        lease = None if lease is None else check_lease(lease)
+        await asyncio.sleep(0)
+        # No yield point from here on: the whole step is atomic, as on the other backends.
+        recorded = self._record(incoming)
+        record = recorded.record
+        if record.state == "unhandled":
+            record = as_woken(record, now)
+            self._records[record.key] = record
+            self._due[record.key] = now
+        if lease is not None and can_claim(record.state, record.lease_expires_at, now):
+            claim = self._take(record, now, lease)
+            return Admission(
+                inserted=recorded.inserted,
+                state="processing",
+                attempts=claim.record.attempts,
+                token=claim.token,
+            )
+        return Admission(inserted=recorded.inserted, state=record.state, attempts=record.attempts)
 
     def _take(self, record: StoredCallback, now: datetime, lease: timedelta) -> Claim:
         token = new_token()
-        taken = dataclasses.replace(
-            record,
-            state="processing",
-            attempts=record.attempts + 1,
-            lease_expires_at=now + lease,
-            updated_at=now,
-        )
+        taken = as_claimed(record, now, lease)
         self._records[record.key] = taken
         self._tokens[record.key] = token
         self._due[record.key] = now + lease
@@ -176,6 +178,18 @@ class MemoryStore(StoreBase):
         self._records[key] = as_failed(record, now=now, error=error, retry_at=retry_at, dead=dead)
         return True
 
+    async def release(self, key: str, token: str, *, now: datetime) -> bool:
+        self._check_open()
+        now = aware(now)
+        await asyncio.sleep(0)
+        record = self._holds(key, token)
+        if record is None:
+            return False
+        del self._tokens[key]
+        self._due.pop(key, None)  # no due time: claim_due must not spin on it
+        self._records[key] = as_released(record, now)
+        return True
+
     async def claim_due(self, *, now: datetime, lease: timedelta, limit: int) -> list[Claim]:
         self._check_open()
         now, lease = aware(now), check_lease(lease)
@@ -218,6 +232,7 @@ class MemoryStore(StoreBase):
             processed=count("processed"),
             failed=count("failed"),
             dead=count("dead"),
+            unhandled=count("unhandled"),
             reconciled=sum(1 for record in records if record.source == "reconcile"),
             rejected=self._rejected,
         )
@@ -236,14 +251,7 @@ class MemoryStore(StoreBase):
             return False
         self._tokens.pop(key, None)
         self._due[key] = now
-        self._records[key] = dataclasses.replace(
-            record,
-            state="received",
-            attempts=0,
-            next_attempt_at=None,
-            lease_expires_at=None,
-            updated_at=now,
-        )
+        self._records[key] = as_reset(record, now)
         return True
 
     async def close(self) -> None:

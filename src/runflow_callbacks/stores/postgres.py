@@ -1,12 +1,13 @@
 """The PostgreSQL store: several receiver replicas on several machines share one database.
 
 Uses psycopg 3 (async) in autocommit mode; each operation is one statement, atomic on its own:
-``INSERT ... ON CONFLICT`` records (a duplicate only bumps ``deliveries``), a conditional
-``UPDATE ... RETURNING`` claims (PostgreSQL re-checks the condition after waiting for a
-concurrent writer's row lock, so exactly one claimer wins), and ``claim_due`` takes due rows
-with ``FOR UPDATE SKIP LOCKED`` so that workers on several replicas share the work without
-waiting on each other. The table (named by ``namespace``) is created on first use, under an
-advisory lock so that replicas starting together do not race. Requires PostgreSQL 13 or newer.
+``INSERT ... ON CONFLICT`` records (a duplicate only bumps ``deliveries``; ``record_and_claim``
+also takes the lease in that statement), a conditional ``UPDATE ... RETURNING`` claims
+(PostgreSQL re-checks the condition after waiting for a concurrent writer's row lock, so
+exactly one claimer wins), and ``claim_due`` takes due rows with ``FOR UPDATE SKIP LOCKED`` so
+that workers on several replicas share the work without waiting on each other. The table
+(named by ``namespace``) is created on first use, under an advisory lock so that replicas
+starting together do not race. Requires PostgreSQL 13 or newer.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 from runflow_callbacks.errors import StoreError
 from runflow_callbacks.stores import (
     DEFAULT_NAMESPACE,
+    Admission,
     Claim,
     Recorded,
     StoreBase,
@@ -33,7 +35,7 @@ from runflow_callbacks.stores import (
     check_state,
     scrub,
 )
-from runflow_callbacks.stores._logic import new_token, record_from_row
+from runflow_callbacks.stores._state import new_token, record_from_row
 
 try:
     import psycopg
@@ -101,9 +103,38 @@ CREATE INDEX IF NOT EXISTS {by_received} ON {table} (received_at, key);
 CREATE INDEX IF NOT EXISTS {by_due} ON {table} (due_at, key) WHERE due_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {counters} (name text PRIMARY KEY, value bigint NOT NULL);
 """
+# What claim (and record_and_claim) may take: the rule of can_claim.
 _CLAIMABLE: Final = (
+    "(t.state IN ('received', 'failed', 'unhandled') OR (t.state = 'processing' "
+    "AND (t.lease_expires_at IS NULL OR t.lease_expires_at <= %(now)s)))"
+)
+# What claim_due may take among due rows: never unhandled ones (they have no due time anyway).
+_CLAIMABLE_WHEN_DUE: Final = (
     "(t.state IN ('received', 'failed') OR (t.state = 'processing' "
     "AND (t.lease_expires_at IS NULL OR t.lease_expires_at <= %(now)s)))"
+)
+# record_and_claim: a new key is inserted in its final state (received, or already leased); a
+# duplicate is admitted by the DO UPDATE, whose expressions read the row as it was (``t``) and
+# whose RETURNING reads it as it is after (and cannot see ``excluded``, hence the token
+# parameter). {takes} is FALSE when recording only.
+_ADMIT: Final = (
+    "INSERT INTO {table} AS t ({columns}, lease_token, due_at) VALUES ("
+    "%(key)s, %(kind)s, %(subject_id)s, %(event)s, %(body)s, %(headers)s, %(secret_id)s,"
+    " %(secret_label)s, %(request_id)s, %(at)s, %(source)s, %(state)s, %(attempts)s,"
+    " %(deliveries)s, NULL, NULL, %(expires)s, NULL, %(updated_at)s, %(token)s, %(due)s) "
+    "ON CONFLICT (key) DO UPDATE SET deliveries = t.deliveries + excluded.deliveries,"
+    " state = CASE WHEN {takes} THEN 'processing'"
+    " WHEN t.state = 'unhandled' THEN 'received' ELSE t.state END,"
+    " attempts = CASE WHEN {takes} THEN t.attempts + 1 ELSE t.attempts END,"
+    " lease_token = CASE WHEN {takes} THEN excluded.lease_token ELSE t.lease_token END,"
+    " lease_expires_at = CASE WHEN {takes} THEN excluded.lease_expires_at"
+    " ELSE t.lease_expires_at END,"
+    " due_at = CASE WHEN {takes} THEN excluded.lease_expires_at"
+    " WHEN t.state = 'unhandled' THEN %(now)s ELSE t.due_at END,"
+    " updated_at = CASE WHEN {takes} OR t.state = 'unhandled' THEN %(now)s"
+    " WHEN excluded.deliveries > 0 THEN excluded.received_at ELSE t.updated_at END "
+    "RETURNING (t.xmax = 0) AS inserted, t.state, t.attempts,"
+    " coalesce(t.lease_token = %(token)s, false) AS acquired"
 )
 _TAKE: Final = (
     "state = 'processing', attempts = t.attempts + 1, lease_token = {token}, "
@@ -141,6 +172,9 @@ class PostgresStore(StoreBase):
         self._table = sql.Identifier(self.namespace)
         self._columns = sql.SQL(", ").join(sql.Identifier(name) for name in _COLUMNS)
         self._t_columns = sql.SQL(", ").join(sql.Identifier("t", name) for name in _COLUMNS)
+        # Composed once: record_and_claim is the hot path of every delivery.
+        self._admit_record = self._q(_ADMIT, takes=sql.SQL("FALSE"))
+        self._admit_claim = self._q(_ADMIT, takes=sql.SQL(_CLAIMABLE))
 
     def __repr__(self) -> str:
         return f"PostgresStore(namespace={self.namespace!r})"  # the URL may hold a password
@@ -253,6 +287,44 @@ class PostgresStore(StoreBase):
         )
         return Recorded(_to_record(rows[0]), inserted=bool(rows[0]["inserted"]))
 
+    async def record_and_claim(
+        self, incoming: IncomingCallback, *, now: datetime, lease: timedelta | None
+    ) -> Admission:
+        received_at = aware(incoming.received_at, name="received_at")
+        now = aware(now)
+        lease = None if lease is None else check_lease(lease)
+        token = None if lease is None else new_token()
+        expires = None if lease is None else now + lease
+        params = {
+            "key": incoming.key,
+            "kind": incoming.kind,
+            "subject_id": incoming.subject_id,
+            "event": incoming.event,
+            "body": bytes(incoming.body),
+            "headers": json.dumps(dict(incoming.headers)),
+            "secret_id": incoming.secret_id,
+            "secret_label": incoming.secret_label,
+            "request_id": incoming.request_id,
+            "at": received_at,
+            "source": incoming.source,
+            "state": "received" if lease is None else "processing",
+            "attempts": 0 if lease is None else 1,
+            "deliveries": 1 if incoming.source == "delivery" else 0,
+            "expires": expires,
+            "updated_at": received_at if lease is None else now,
+            "token": token,
+            "due": received_at if expires is None else expires,
+            "now": now,
+        }
+        query = self._admit_record if lease is None else self._admit_claim
+        [row] = await self._fetch(query, params)
+        return Admission(
+            inserted=bool(row["inserted"]),
+            state=row["state"],
+            attempts=row["attempts"],
+            token=token if row["acquired"] else None,
+        )
+
     async def claim(self, key: str, *, now: datetime, lease: timedelta) -> Claim:
         now, lease = aware(now), check_lease(lease)
         token = new_token()
@@ -326,6 +398,22 @@ class PostgresStore(StoreBase):
             },
         )
 
+    async def release(self, key: str, token: str, *, now: datetime) -> bool:
+        # One round trip: the conditional UPDATE, and whether the key exists at all (rows are
+        # never deleted, so the statement's snapshot answers that exactly).
+        query = self._q(
+            "WITH released AS (UPDATE {table} SET state = 'unhandled',"
+            " attempts = greatest(attempts - 1, 0), lease_token = NULL, lease_expires_at = NULL,"
+            " next_attempt_at = NULL, due_at = NULL, updated_at = %(now)s WHERE key = %(key)s"
+            " AND state = 'processing' AND lease_token = %(token)s RETURNING key) "
+            "SELECT EXISTS (SELECT FROM released) AS released,"
+            " EXISTS (SELECT FROM {table} WHERE key = %(key)s) AS known"
+        )
+        [row] = await self._fetch(query, {"key": key, "token": token, "now": aware(now)})
+        if not row["known"]:
+            raise UnknownCallbackError(key)
+        return bool(row["released"])
+
     async def claim_due(self, *, now: datetime, lease: timedelta, limit: int) -> list[Claim]:
         now, lease = aware(now), check_lease(lease)
         check_limit(limit)
@@ -333,7 +421,8 @@ class PostgresStore(StoreBase):
             "WITH due AS (SELECT key, due_at FROM {table} WHERE due_at IS NOT NULL"  # noqa: S608 - constants; names go through sql.Identifier
             " AND due_at <= %(now)s ORDER BY due_at, key LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
             "UPDATE {table} AS t SET " + _TAKE + " FROM due WHERE t.key = due.key"
-            f" AND {_CLAIMABLE} RETURNING {{t_columns}}, t.lease_token, due.due_at AS was_due",
+            f" AND {_CLAIMABLE_WHEN_DUE} RETURNING {{t_columns}}, t.lease_token,"
+            " due.due_at AS was_due",
             token=sql.SQL("gen_random_uuid()::text"),
         )
         rows = await self._fetch(query, {"now": now, "expires": now + lease, "limit": limit})
@@ -365,6 +454,7 @@ class PostgresStore(StoreBase):
             " count(*) FILTER (WHERE state = 'processed') AS processed,"
             " count(*) FILTER (WHERE state = 'failed') AS failed,"
             " count(*) FILTER (WHERE state = 'dead') AS dead,"
+            " count(*) FILTER (WHERE state = 'unhandled') AS unhandled,"
             " count(*) FILTER (WHERE source = 'reconcile') AS reconciled,"
             " (SELECT coalesce(sum(value), 0) FROM {counters} WHERE name = 'rejected')"
             " AS rejected FROM {table}",

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 from runflow_callbacks.errors import StoreError
 from runflow_callbacks.stores import (
     DEFAULT_NAMESPACE,
+    Admission,
     Claim,
     Recorded,
     StoreBase,
@@ -37,7 +38,7 @@ from runflow_callbacks.stores import (
     check_state,
     scrub,
 )
-from runflow_callbacks.stores._logic import from_us, new_token, record_from_row, to_us
+from runflow_callbacks.stores._state import from_us, new_token, record_from_row, to_us
 
 try:
     import redis.asyncio as redis_asyncio
@@ -55,14 +56,21 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisStore"]
 
-# Helpers shared by every script. ``move`` keeps the per-state counters right.
+# Helpers shared by every script. ``move`` and ``count_delivery`` keep the counters right.
 _PRELUDE: Final = """
 local function move(stats, from, to)
   if from then redis.call('HINCRBY', stats, 'state:' .. from, -1) end
   if to then redis.call('HINCRBY', stats, 'state:' .. to, 1) end
 end
+local function count_delivery(h, stats)
+  -- Only deliveries after the first are duplicates: a callback first read back by
+  -- reconciliation has none yet, and its first delivery is no duplicate.
+  if redis.call('HINCRBY', h, 'deliveries', 1) > 1 then
+    redis.call('HINCRBY', stats, 'duplicates', 1)
+  end
+end
 local function claimable(h, state, now)
-  if state == 'received' or state == 'failed' then return true end
+  if state == 'received' or state == 'failed' or state == 'unhandled' then return true end
   if state == 'processing' then
     local expires = redis.call('HGET', h, 'lease_expires_at')
     return (not expires) or tonumber(expires) <= now
@@ -95,9 +103,8 @@ _RECORD: Final = (
 local delivery = ARGV[3] == 'delivery'
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if delivery then
-    redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
     redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
-    redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
+    count_delivery(KEYS[1], KEYS[4])
   end
   return {0, snapshot(KEYS[1])}
 end
@@ -110,6 +117,54 @@ redis.call('HINCRBY', KEYS[4], 'received', 1)
 if not delivery then redis.call('HINCRBY', KEYS[4], 'reconciled', 1) end
 move(KEYS[4], nil, 'received')
 return {1, snapshot(KEYS[1])}
+"""
+)
+
+# KEYS: hash, order, due, stats.
+# ARGV: key, received_at, source, now, lease expiry ('' to record only), token, field/value pairs...
+# Answers {inserted, state, attempts, acquired}: no snapshot, the engine needs no more.
+_RECORD_AND_CLAIM: Final = (
+    _PRELUDE
+    + """
+local delivery = ARGV[3] == 'delivery'
+local leased = ARGV[5] ~= ''
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if delivery then
+    redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+    count_delivery(KEYS[1], KEYS[4])
+  end
+  local state = redis.call('HGET', KEYS[1], 'state')
+  if state == 'unhandled' then
+    -- A new arrival: whatever handler was missing may exist now.
+    redis.call('HSET', KEYS[1], 'state', 'received', 'updated_at', ARGV[4])
+    redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+    move(KEYS[4], state, 'received')
+    state = 'received'
+  end
+  local acquired = 0
+  if leased and claimable(KEYS[1], state, tonumber(ARGV[4])) then
+    take(KEYS[1], KEYS[3], KEYS[4], ARGV[1], state, ARGV[4], ARGV[5], ARGV[6])
+    state, acquired = 'processing', 1
+  end
+  return {0, state, tonumber(redis.call('HGET', KEYS[1], 'attempts')), acquired}
+end
+if leased then
+  redis.call('HSET', KEYS[1], 'state', 'processing', 'attempts', 1,
+             'deliveries', delivery and 1 or 0, 'received_at', ARGV[2], 'updated_at', ARGV[4],
+             'lease_token', ARGV[6], 'lease_expires_at', ARGV[5],
+             'source', ARGV[3], unpack(ARGV, 7))
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], 'state', 'received', 'attempts', 0,
+             'deliveries', delivery and 1 or 0, 'received_at', ARGV[2], 'updated_at', ARGV[2],
+             'source', ARGV[3], unpack(ARGV, 7))
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'received', 1)
+if not delivery then redis.call('HINCRBY', KEYS[4], 'reconciled', 1) end
+move(KEYS[4], nil, leased and 'processing' or 'received')
+return {1, leased and 'processing' or 'received', leased and 1 or 0, leased and 1 or 0}
 """
 )
 
@@ -157,6 +212,28 @@ return 1
 """
 )
 
+# KEYS: hash, due, stats. ARGV: key, token, now.
+_RELEASE: Final = (
+    _PRELUDE
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state ~= 'processing' or redis.call('HGET', KEYS[1], 'lease_token') ~= ARGV[2] then
+  return 0
+end
+redis.call('HDEL', KEYS[1], 'lease_token', 'lease_expires_at', 'next_attempt_at')
+redis.call('HSET', KEYS[1], 'state', 'unhandled', 'updated_at', ARGV[3])
+-- The claim ran no handler, so it gives its attempt back.
+if tonumber(redis.call('HGET', KEYS[1], 'attempts')) > 0 then
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+end
+-- No due time: claim_due must not spin on a callback no handler takes.
+redis.call('ZREM', KEYS[2], ARGV[1])
+move(KEYS[3], state, 'unhandled')
+return 1
+"""
+)
+
 # KEYS: hash, due. ARGV: key, token, now, lease expiry.
 _RENEW: Final = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -178,10 +255,10 @@ local out = {}
 for i, key in ipairs(keys) do
   local h = ARGV[1] .. key
   local state = redis.call('HGET', h, 'state')
-  if state and claimable(h, state, tonumber(ARGV[2])) then
+  if state and state ~= 'unhandled' and claimable(h, state, tonumber(ARGV[2])) then
     take(h, KEYS[1], KEYS[2], key, state, ARGV[2], ARGV[3], ARGV[4 + i])
     table.insert(out, {key, ARGV[4 + i], snapshot(h)})
-  elseif not state or state == 'processed' or state == 'dead' then
+  elseif not state or state == 'processed' or state == 'dead' or state == 'unhandled' then
     redis.call('ZREM', KEYS[1], key)
   end
 end
@@ -271,6 +348,8 @@ class RedisStore(StoreBase):
             name: self._client.register_script(source)
             for name, source in (
                 ("record", _RECORD),
+                ("record_and_claim", _RECORD_AND_CLAIM),
+                ("release", _RELEASE),
                 ("claim", _CLAIM),
                 ("finish", _FINISH),
                 ("renew", _RENEW),
@@ -300,17 +379,41 @@ class RedisStore(StoreBase):
         script = self._scripts[name]
         return await self._call(lambda: script(keys=keys, args=args))
 
-    async def record(self, incoming: IncomingCallback) -> Recorded:
-        received_at = to_us(aware(incoming.received_at, name="received_at"))
-        args: list[Any] = [incoming.key, received_at, incoming.source]
-        args += ["body", incoming.body, "headers", json.dumps(dict(incoming.headers))]
+    @staticmethod
+    def _fields(incoming: IncomingCallback) -> list[Any]:
+        """The field/value pairs a new callback's hash starts with (absent values left out)."""
+        fields: list[Any] = ["body", incoming.body, "headers", json.dumps(dict(incoming.headers))]
         for name in _TEXT_FIELDS:
             value = getattr(incoming, name)
             if value is not None:
-                args += [name, value]
+                fields += [name, value]
+        return fields
+
+    async def record(self, incoming: IncomingCallback) -> Recorded:
+        received_at = to_us(aware(incoming.received_at, name="received_at"))
+        args: list[Any] = [incoming.key, received_at, incoming.source, *self._fields(incoming)]
         keys = [self._hash(incoming.key), self._order, self._due, self._stats]
         inserted, flat = await self._script("record", keys, args)
         return Recorded(_from_script(incoming.key, flat), inserted=bool(inserted))
+
+    async def record_and_claim(
+        self, incoming: IncomingCallback, *, now: datetime, lease: timedelta | None
+    ) -> Admission:
+        received_at = to_us(aware(incoming.received_at, name="received_at"))
+        now = aware(now)
+        lease = None if lease is None else check_lease(lease)
+        token = "" if lease is None else new_token()
+        expires = "" if lease is None else to_us(now + lease)
+        args: list[Any] = [incoming.key, received_at, incoming.source, to_us(now), expires, token]
+        args += self._fields(incoming)
+        keys = [self._hash(incoming.key), self._order, self._due, self._stats]
+        inserted, state, attempts, acquired = await self._script("record_and_claim", keys, args)
+        return Admission(
+            inserted=bool(inserted),
+            state=state.decode(),
+            attempts=int(attempts),
+            token=token if acquired else None,
+        )
 
     async def claim(self, key: str, *, now: datetime, lease: timedelta) -> Claim:
         now, lease = aware(now), check_lease(lease)
@@ -328,6 +431,14 @@ class RedisStore(StoreBase):
     async def _finish(self, key: str, token: str, state: State, args: list[Any]) -> bool:
         answer = await self._script(
             "finish", [self._hash(key), self._due, self._stats], [key, token, state, *args]
+        )
+        if answer == -1:
+            raise UnknownCallbackError(key)
+        return bool(answer == 1)
+
+    async def release(self, key: str, token: str, *, now: datetime) -> bool:
+        answer = await self._script(
+            "release", [self._hash(key), self._due, self._stats], [key, token, to_us(aware(now))]
         )
         if answer == -1:
             raise UnknownCallbackError(key)
@@ -415,6 +526,7 @@ class RedisStore(StoreBase):
             processed=counts.get("state:processed", 0),
             failed=counts.get("state:failed", 0),
             dead=counts.get("state:dead", 0),
+            unhandled=counts.get("state:unhandled", 0),
             reconciled=counts.get("reconciled", 0),
             rejected=counts.get("rejected", 0),
         )

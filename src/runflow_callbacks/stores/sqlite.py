@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from runflow_callbacks.errors import StoreError
 from runflow_callbacks.stores import (
     DEFAULT_NAMESPACE,
+    Admission,
     Claim,
     Recorded,
     StoreBase,
@@ -34,7 +35,7 @@ from runflow_callbacks.stores import (
     check_namespace,
     check_state,
 )
-from runflow_callbacks.stores._logic import (
+from runflow_callbacks.stores._state import (
     can_claim,
     from_us,
     new_token,
@@ -55,6 +56,38 @@ _COLUMNS: Final = (
     "key, kind, subject_id, event, body, headers, secret_id, secret_label, request_id, "
     "received_at, source, state, attempts, deliveries, last_error, next_attempt_at, "
     "lease_expires_at, processed_at, updated_at, lease_token, due_at"
+)
+_INSERT: Final = (
+    "INSERT INTO {table} (" + _COLUMNS + ") VALUES (:key, :kind, :subject_id, :event, :body,"  # noqa: S608 - {table} is a checked namespace
+    " :headers, :secret_id, :secret_label, :request_id, :received_at, :source, :state,"
+    " :attempts, :deliveries, NULL, NULL, :expires, NULL, :updated_at, :token, :due_at)"
+    " ON CONFLICT (key) DO NOTHING"
+)
+# Whether record_and_claim takes the lease of an existing row: the rule of can_claim (with
+# unhandled first woken to received, which is claimable anyway), read from the row as it was.
+_TAKES: Final = (
+    "(:take AND (state IN ('received', 'failed', 'unhandled') OR (state = 'processing'"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= :now))))"
+)
+# A duplicate's whole admission in one statement. Every SET expression reads the row as it
+# was before the UPDATE; RETURNING reads it as it is after.
+_ADMIT: Final = (
+    "UPDATE {table} SET deliveries = deliveries + :delivered,"  # noqa: S608 - a checked name
+    f" state = CASE WHEN {_TAKES} THEN 'processing'"
+    " WHEN state = 'unhandled' THEN 'received' ELSE state END,"
+    f" attempts = CASE WHEN {_TAKES} THEN attempts + 1 ELSE attempts END,"
+    f" lease_token = CASE WHEN {_TAKES} THEN :token ELSE lease_token END,"
+    f" lease_expires_at = CASE WHEN {_TAKES} THEN :expires ELSE lease_expires_at END,"
+    f" due_at = CASE WHEN {_TAKES} THEN :expires WHEN state = 'unhandled' THEN :now"
+    " ELSE due_at END,"
+    f" updated_at = CASE WHEN {_TAKES} OR state = 'unhandled' THEN :now"
+    " WHEN :delivered THEN :received_at ELSE updated_at END"
+    " WHERE key = :key RETURNING state, attempts, coalesce(lease_token = :token, 0)"
+)
+_RELEASE: Final = (
+    "UPDATE {table} SET state = 'unhandled', attempts = max(attempts - 1, 0),"
+    " lease_token = NULL, lease_expires_at = NULL, next_attempt_at = NULL, due_at = NULL,"
+    " updated_at = :now WHERE key = :key AND state = 'processing' AND lease_token = :token"
 )
 
 
@@ -91,6 +124,12 @@ class SQLiteStore(StoreBase):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runflow-sqlite")
         self._connection: sqlite3.Connection | None = None
         self._closed = False
+        # Formatted once: record_and_claim is the hot path of every delivery.
+        self._admit_sql = (
+            _INSERT.format(table=self.namespace),
+            _ADMIT.format(table=self.namespace),
+        )
+        self._release_sql = _RELEASE.format(table=self.namespace)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}, namespace={self.namespace!r})"
@@ -258,6 +297,67 @@ class SQLiteStore(StoreBase):
 
         return await self._run(work)
 
+    async def record_and_claim(
+        self, incoming: IncomingCallback, *, now: datetime, lease: timedelta | None
+    ) -> Admission:
+        received_at = _us(aware(incoming.received_at, name="received_at"))
+        now = aware(now)
+        lease = None if lease is None else check_lease(lease)
+        now_us = _us(now)
+        token = None if lease is None else new_token()
+        expires = None if lease is None else _us(now + lease)
+        delivered = 1 if incoming.source == "delivery" else 0
+        row: dict[str, Any] = {
+            "key": incoming.key,
+            "kind": incoming.kind,
+            "subject_id": incoming.subject_id,
+            "event": incoming.event,
+            "body": sqlite3.Binary(incoming.body),
+            "headers": json.dumps(dict(incoming.headers)),
+            "secret_id": incoming.secret_id,
+            "secret_label": incoming.secret_label,
+            "request_id": incoming.request_id,
+            "received_at": received_at,
+            "source": incoming.source,
+            "deliveries": delivered,
+            "token": token,
+            "expires": expires,
+        }
+        if lease is None:
+            row.update(state="received", attempts=0, updated_at=received_at, due_at=received_at)
+        else:
+            row.update(state="processing", attempts=1, updated_at=now_us, due_at=expires)
+        insert, admit = self._admit_sql
+        changes = {
+            "key": incoming.key,
+            "delivered": delivered,
+            "received_at": received_at,
+            "take": lease is not None,
+            "now": now_us,
+            "token": token,
+            "expires": expires,
+        }
+
+        def work(connection: sqlite3.Connection) -> Admission:
+            def body() -> Admission:
+                # A new key is written in its final state at once; a duplicate is admitted by
+                # one UPDATE that says what it left. No row is read back either way.
+                if connection.execute(insert, row).rowcount == 1:
+                    return Admission(
+                        inserted=True, state=row["state"], attempts=row["attempts"], token=token
+                    )
+                [(state, attempts, acquired)] = connection.execute(admit, changes).fetchall()
+                return Admission(
+                    inserted=False,
+                    state=state,
+                    attempts=attempts,
+                    token=token if acquired else None,
+                )
+
+            return self._transaction(connection, body)
+
+        return await self._run(work)
+
     def _take(
         self, connection: sqlite3.Connection, row: sqlite3.Row, now: datetime, lease: timedelta
     ) -> Claim:
@@ -351,6 +451,21 @@ class SQLiteStore(StoreBase):
             due_at=None if dead else (now_us if retry is None else retry),
         )
 
+    async def release(self, key: str, token: str, *, now: datetime) -> bool:
+        changes = {"key": key, "token": token, "now": _us(aware(now))}
+        release = self._release_sql
+
+        def work(connection: sqlite3.Connection) -> bool:
+            # One conditional UPDATE is atomic on its own; only a refusal looks further, to tell
+            # an unknown key (an error) from a stale token (False).
+            if connection.execute(release, changes).rowcount == 1:
+                return True
+            if self._select(connection, key) is None:
+                raise UnknownCallbackError(key)
+            return False
+
+        return await self._run(work)
+
     async def claim_due(self, *, now: datetime, lease: timedelta, limit: int) -> list[Claim]:
         now, lease = aware(now), check_lease(lease)
         check_limit(limit)
@@ -397,18 +512,20 @@ class SQLiteStore(StoreBase):
     async def stats(self) -> StoreStats:
         def work(connection: sqlite3.Connection) -> StoreStats:
             row = connection.execute(
-                "SELECT count(*), coalesce(sum(max(deliveries - 1, 0)), 0), "  # noqa: S608
-                "count(*) FILTER (WHERE state = 'received'), "
-                "count(*) FILTER (WHERE state = 'processing'), "
-                "count(*) FILTER (WHERE state = 'processed'), "
-                "count(*) FILTER (WHERE state = 'failed'), "
-                "count(*) FILTER (WHERE state = 'dead'), "
-                "count(*) FILTER (WHERE source = 'reconcile'), "
-                f"(SELECT coalesce(sum(value), 0) FROM {self.namespace}_counters "
-                "WHERE name = 'rejected') "
-                f"FROM {self.namespace}"
+                "SELECT count(*) AS received,"  # noqa: S608 - checked name
+                " coalesce(sum(max(deliveries - 1, 0)), 0) AS duplicates,"
+                " count(*) FILTER (WHERE state = 'received') AS pending,"
+                " count(*) FILTER (WHERE state = 'processing') AS processing,"
+                " count(*) FILTER (WHERE state = 'processed') AS processed,"
+                " count(*) FILTER (WHERE state = 'failed') AS failed,"
+                " count(*) FILTER (WHERE state = 'dead') AS dead,"
+                " count(*) FILTER (WHERE state = 'unhandled') AS unhandled,"
+                " count(*) FILTER (WHERE source = 'reconcile') AS reconciled,"
+                f" (SELECT coalesce(sum(value), 0) FROM {self.namespace}_counters"
+                " WHERE name = 'rejected') AS rejected"
+                f" FROM {self.namespace}"
             ).fetchone()
-            return StoreStats(*row)
+            return StoreStats(**{name: row[name] for name in row.keys()})  # noqa: SIM118
 
         return await self._run(work)
 
