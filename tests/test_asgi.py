@@ -37,8 +37,11 @@ from runflow_callbacks import (
     get_callback,
     sign,
 )
-from runflow_callbacks.asgi import DEFAULT_MAX_BODY_BYTES, CallbackReader, error_answer
+from runflow_callbacks.answers import rejection
+from runflow_callbacks.asgi import DEFAULT_MAX_BODY_BYTES
 from runflow_callbacks.errors import RunflowCallbackError, StoreError
+from runflow_callbacks.options import ReceiverOptions
+from runflow_callbacks.reader import CallbackReader
 from runflow_callbacks.testing import serve_in_thread
 
 if TYPE_CHECKING:
@@ -290,8 +293,8 @@ async def test_other_methods_on_the_path_are_405_with_allow_post(method: str) ->
     assert app.seen == []
 
 
-def test_error_answer_is_a_small_json_object() -> None:
-    status, content = error_answer(PayloadTooLargeError(limit=10))
+def test_a_rejection_answer_is_a_small_json_object() -> None:
+    status, content = rejection(PayloadTooLargeError(limit=10))
     assert status == 413
     assert content == {
         "error": "payload_too_large",
@@ -299,9 +302,9 @@ def test_error_answer_is_a_small_json_object() -> None:
     }
 
 
-def test_error_answer_maps_unknown_errors_to_500() -> None:
-    assert error_answer(StoreError("down"))[0] == 500
-    assert error_answer(RunflowCallbackError("x")) == (500, {"error": "error", "detail": "x"})
+def test_a_rejection_for_a_store_error_is_503_and_for_an_unknown_error_500() -> None:
+    assert rejection(StoreError("down")) == (503, {"error": "store_unavailable", "detail": "down"})
+    assert rejection(RunflowCallbackError("x")) == (500, {"error": "error", "detail": "x"})
 
 
 # --- allow_unsigned ---------------------------------------------------------------------------
@@ -433,9 +436,7 @@ def test_context_repr_leaves_out_body_payload_and_signature() -> None:
     reader = CallbackReader(
         signed(body),
         verifier=middleware().verifier,
-        max_body_bytes=len(body),
-        allow_unsigned=False,
-        clock=lambda: FIXED,
+        options=ReceiverOptions(max_body_bytes=len(body), clock=lambda: FIXED),
     )
     reader.feed(body)
     text = repr(reader.finish())

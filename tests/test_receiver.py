@@ -21,7 +21,7 @@ from runflow_callbacks import (
     Outcome,
     sign,
 )
-from runflow_callbacks.receiver import FAILED, PROCESSED, UNHANDLED
+from runflow_callbacks.receiver import FAILED, PROCESSED, STORE_UNAVAILABLE, UNHANDLED
 from runflow_callbacks.testing import serve_in_thread
 
 if TYPE_CHECKING:
@@ -155,13 +155,13 @@ async def test_a_raising_handler_is_500_and_the_exception_is_logged(
     body = batch_body(metadata={"customer": "confidential"})
     result = await post(receiver, body)
     assert result.status == 500
-    assert result.json() == {"error": FAILED.status, "detail": FAILED.detail}
+    assert result.json() == {"error": "handler_failed", "detail": FAILED.detail}
     assert "database unavailable" not in result.body.decode()
     [record] = [r for r in caplog.records if r.name.startswith("runflow_callbacks")]
     assert record.levelno == logging.ERROR
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], RuntimeError)
-    assert "outcome=handler_failed" in record.getMessage()
+    assert "outcome=failed" in record.getMessage()
     assert "confidential" not in record.getMessage()
 
 
@@ -268,7 +268,7 @@ async def test_process_is_the_single_dispatch_point_a_wrapper_can_own() -> None:
         async def process(self, context: CallbackContext) -> Outcome:
             key = context.subject_id
             if key in claimed:
-                return Outcome("duplicate")
+                return Outcome("duplicate", key)
             claimed.add(key)
             outcome = await super().process(context)
             seen_outcomes.append(outcome)
@@ -286,7 +286,8 @@ async def test_process_is_the_single_dispatch_point_a_wrapper_can_own() -> None:
     first = await post(receiver, batch_body())
     second = await post(receiver, batch_body())
     assert first.json() == {"status": "processed"}
-    assert (second.status, second.json()) == (200, {"status": "duplicate"})
+    assert second.status == 200
+    assert second.json()["status"] == "duplicate"
     assert len(runs) == 1
     assert seen_outcomes == [PROCESSED]
 
@@ -325,11 +326,30 @@ def _with_event(context: CallbackContext, event: str) -> CallbackContext:
     [
         (PROCESSED, 200, {"status": "processed"}),
         (UNHANDLED, 200, {"status": "unhandled"}),
-        (Outcome("recorded", 202, "queued"), 202, {"status": "recorded", "detail": "queued"}),
-        (Outcome("in_progress", 409), 409, {"error": "in_progress", "detail": "in_progress"}),
+        (
+            Outcome("recorded"),
+            200,
+            {"status": "recorded", "detail": "recorded; it will be processed in the background"},
+        ),
+        (
+            Outcome("in_progress"),
+            409,
+            {
+                "error": "in_progress",
+                "detail": "this callback is being processed right now; retry later",
+            },
+        ),
+        (
+            STORE_UNAVAILABLE,
+            503,
+            {
+                "error": "store_unavailable",
+                "detail": "the callback could not be recorded; Runflow will retry",
+            },
+        ),
     ],
 )
-async def test_custom_outcomes_become_their_answers(
+async def test_every_outcome_a_process_override_returns_is_answered_from_the_one_table(
     outcome: Outcome, status: int, body: dict[str, str]
 ) -> None:
     class Fixed(CallbackReceiver):

@@ -24,32 +24,31 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
-from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from runflow_callbacks.asgi import DEFAULT_CALLBACK_PATH, DEFAULT_MAX_BODY_BYTES
+from runflow_callbacks.defaults import DEFAULT_CALLBACK_PATH, DEFAULT_STORE_URL
 from runflow_callbacks.errors import ConfigurationError
-from runflow_callbacks.processing import DEFAULT_LEASE, DEFAULT_MAX_TRIES
-from runflow_callbacks.receiver import CallbackReceiver, Handler
+from runflow_callbacks.options import resolve
+from runflow_callbacks.receiver import CallbackReceiver
 from runflow_callbacks.stores import open_store
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from starlette.requests import Request
+    from typing_extensions import Unpack
 
+    from runflow_callbacks.handlers import Handler
+    from runflow_callbacks.options import ReceiverArgs, ReceiverOptions
     from runflow_callbacks.stores import CallbackStore
     from runflow_callbacks.verifier import SecretsInput, Verifier
 
 __all__ = ["DEFAULT_STORE_URL", "create_app", "load_handler"]
-
-#: Where ``serve`` keeps callbacks when no ``--store`` is given.
-DEFAULT_STORE_URL: Final = "sqlite:///./runflow-callbacks.db"
 
 
 def load_handler(spec: str) -> Handler:
@@ -90,35 +89,30 @@ def create_app(
     handler: Handler | str | None = None,
     inbox: bool = False,
     path: str = DEFAULT_CALLBACK_PATH,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    allow_unsigned: bool = False,
-    lease: timedelta = DEFAULT_LEASE,
-    max_tries: int | None = DEFAULT_MAX_TRIES,
-    poll_interval: timedelta = timedelta(seconds=1),
     namespace: str | None = None,
+    options: ReceiverOptions | None = None,
+    **changes: Unpack[ReceiverArgs],
 ) -> Starlette:
     """Build the Starlette application ``runflow-callbacks serve`` runs.
 
     ``store`` is a store URL (see :func:`~runflow_callbacks.stores.open_store`) or an opened
     store; ``handler`` a callable taking the
-    :class:`~runflow_callbacks.asgi.CallbackContext`, or a ``"module:function"`` string.
+    :class:`~runflow_callbacks.context.CallbackContext`, or a ``"module:function"`` string.
+    Every option of :class:`~runflow_callbacks.options.ReceiverOptions` may be given as a
+    keyword or as ``options=``; ``inbox=True`` is short for ``mode="inbox"``, and without a
+    handler the mode is always ``inbox`` (record only: nothing runs the callbacks yet).
     """
     if not path.startswith("/"):
         raise ConfigurationError(f"the callback path must start with '/', not {path!r}")
+    resolved = load_handler(handler) if isinstance(handler, str) else handler
+    chosen = resolve(options, changes, who="create_app")
+    if inbox or resolved is None:
+        chosen = chosen.replace(mode="inbox")
     if isinstance(store, str):
         opened = open_store(store) if namespace is None else open_store(store, namespace=namespace)
     else:
         opened = store
-    resolved = load_handler(handler) if isinstance(handler, str) else handler
-    receiver = CallbackReceiver(
-        secrets=secrets,
-        store=opened,
-        mode="inbox" if inbox or resolved is None else "sync",
-        max_body_bytes=max_body_bytes,
-        allow_unsigned=allow_unsigned,
-        lease=lease,
-        max_tries=max_tries,
-    )
+    receiver = CallbackReceiver(secrets=secrets, store=opened, options=chosen)
     if resolved is not None:
         receiver.on_any(resolved)
 
@@ -128,7 +122,7 @@ def create_app(
             if resolved is None:
                 yield  # record only: there is nothing for a worker to run
             else:
-                async with receiver.worker(poll_interval=poll_interval):
+                async with receiver.worker():
                     yield
         finally:
             await opened.close()

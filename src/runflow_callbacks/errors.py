@@ -10,10 +10,14 @@
     │   └── SignatureMismatchError        well formed, but no configured secret produced it
     ├── InvalidPayloadError               verified bytes that are not a JSON object (answer 400)
     ├── PayloadTooLargeError              a body over ``max_body_bytes`` (answer 413)
-    ├── StoreError                        a backend could not record or read a callback
+    ├── ClientDisconnectedError           the client left mid-body (control flow: nothing to answer)
+    ├── StoreError                        a backend could not record or read a callback (503)
+    │   └── UnknownCallbackError (LookupError)  no callback is recorded under ``key``
     └── RunflowAPIError                   the Runflow API answered an error (client only)
 
-Each level adds attributes, not prose. No exception carries a secret value, a computed
+Every class has a ``code``: the short machine-readable reason that answers and logs carry
+(:mod:`runflow_callbacks.answers` maps it to an HTTP status). Each level adds attributes, not
+prose. No exception carries a secret value, a computed
 signature or a payload: messages say *what* failed and how many secrets were tried.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ClientDisconnectedError",
     "ConfigurationError",
     "InvalidPayloadError",
     "MalformedSignatureError",
@@ -31,16 +36,25 @@ __all__ = [
     "RunflowCallbackError",
     "SignatureMismatchError",
     "StoreError",
+    "UnknownCallbackError",
     "VerificationError",
 ]
 
 
 class RunflowCallbackError(Exception):
-    """Base class of every error raised by runflow-callbacks."""
+    """Base class of every error raised by runflow-callbacks.
+
+    ``code`` is a short machine-readable reason, one per class (a :class:`RunflowAPIError`
+    carries the code Runflow answered).
+    """
+
+    code: str = "error"
 
 
 class ConfigurationError(RunflowCallbackError, ValueError):
     """The caller configured something impossible (an empty secret, a bad store URL...)."""
+
+    code = "configuration_error"
 
 
 class VerificationError(RunflowCallbackError):
@@ -125,15 +139,37 @@ class PayloadTooLargeError(RunflowCallbackError):
         super().__init__(f"callback body exceeds the limit of {limit} bytes")
 
 
+class ClientDisconnectedError(RunflowCallbackError):
+    """The client went away before the whole body arrived: nothing to answer, nothing to run.
+
+    Control flow between the reader and a front door, which ends the request quietly.
+    """
+
+    code = "client_disconnected"
+
+
 class StoreError(RunflowCallbackError):
-    """A store backend failed to record or read a callback."""
+    """A store backend failed to record or read a callback (answered 503: Runflow retries)."""
+
+    code = "store_unavailable"
+
+
+class UnknownCallbackError(StoreError, LookupError):
+    """No callback is recorded under the given key (``key`` says which)."""
+
+    code = "unknown_callback"
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"no callback is recorded under key {key!r}")
 
 
 class RunflowAPIError(RunflowCallbackError):
     """The Runflow API answered with an error.
 
-    Carries the HTTP ``status`` and Runflow's error body fields ``code``, ``message`` and
-    ``errors`` (each may be None when the body was not Runflow's error shape).
+    Carries the HTTP ``status`` and Runflow's error body fields ``api_code``, ``message`` and
+    ``errors`` (each may be None when the body was not Runflow's error shape). ``code`` is
+    Runflow's code when it sent one, else ``"runflow_api_error"``.
     """
 
     def __init__(
@@ -145,7 +181,8 @@ class RunflowAPIError(RunflowCallbackError):
         errors: Any = None,
     ) -> None:
         self.status = status
-        self.code = code
+        self.api_code = code
+        self.code = code or "runflow_api_error"
         self.message = message
         self.errors = errors
         text = f"Runflow API answered {status}"

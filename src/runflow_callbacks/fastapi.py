@@ -22,8 +22,8 @@ package never imports FastAPI.
     async def anything(context: CallbackContext = Depends(runflow)) -> dict[str, str]:
         return {"status": "processed"}
 
-Rejections use the statuses of :class:`~runflow_callbacks.asgi.CallbackMiddleware` (401, 405,
-413, 400) as FastAPI ``HTTPException`` answers, whose body is
+Rejections are answered from the one table of :mod:`runflow_callbacks.answers` (401, 405,
+413, 400), as FastAPI ``HTTPException`` answers, whose body keeps FastAPI's nesting:
 ``{"detail": {"error": code, "detail": text}}``. A payload of another type than the one asked
 for (a run callback on a batch route) is 400 ``unexpected_payload``. When the app also runs
 :class:`~runflow_callbacks.asgi.CallbackMiddleware`, the dependency reuses its context.
@@ -31,6 +31,7 @@ for (a run callback on a batch route) is 400 ``unexpected_payload``. When the ap
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, TypeVar
 
@@ -42,37 +43,63 @@ except ImportError:  # pragma: no cover - depends on the installation
     ) from None
 from starlette.requests import ClientDisconnect
 
-from runflow_callbacks.asgi import (
-    STATE_KEY,
-    CallbackContext,
-    CallbackOptions,
-    error_answer,
-    existing_callback,
-    log_outcome,
-    log_rejection,
-)
+from runflow_callbacks._log import log_outcome, log_rejection
+from runflow_callbacks.answers import METHOD_NOT_ALLOWED, rejection
+from runflow_callbacks.context import STATE_KEY, CallbackContext, existing_callback
 from runflow_callbacks.errors import ConfigurationError, RunflowCallbackError
 from runflow_callbacks.models import CallbackPayload
+from runflow_callbacks.options import READER_OPTIONS, resolve
+from runflow_callbacks.reader import CallbackReader
+from runflow_callbacks.verifier import Verifier
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from typing_extensions import Unpack
+
+    from runflow_callbacks.options import ReaderArgs, ReceiverOptions
+    from runflow_callbacks.verifier import SecretsInput
 
 __all__ = ["CallbackDependency"]
 
 P = TypeVar("P", bound=CallbackPayload)
 
+logger = logging.getLogger("runflow_callbacks.fastapi")
 
-class CallbackDependency(CallbackOptions):
+
+class CallbackDependency:
     """A FastAPI dependency: ``Depends(dependency)`` gives the route the verified
-    :class:`~runflow_callbacks.asgi.CallbackContext`; ``Depends(dependency.payload(Model))``
+    :class:`~runflow_callbacks.context.CallbackContext`; ``Depends(dependency.payload(Model))``
     gives the typed payload.
 
-    Options (keyword-only) as for :class:`~runflow_callbacks.asgi.CallbackMiddleware`:
-    ``secrets``, ``max_body_bytes`` (default 16 MiB), ``allow_unsigned``, ``clock``. After the
-    dependency ran, ``await request.body()`` in the route still returns the exact bytes.
+    ``secrets`` as for :class:`~runflow_callbacks.asgi.CallbackMiddleware`; options: the reader
+    options of :class:`~runflow_callbacks.options.ReceiverOptions` (``max_body_bytes``,
+    ``allow_unsigned``, ``clock``), as keywords or ``options=``. After the dependency ran,
+    ``await request.body()`` in the route still returns the exact bytes.
     """
 
-    __slots__ = ()
+    __slots__ = ("options", "verifier")
+
+    def __init__(
+        self,
+        *,
+        secrets: SecretsInput | Verifier,
+        options: ReceiverOptions | None = None,
+        **changes: Unpack[ReaderArgs],
+    ) -> None:
+        self.verifier = secrets if isinstance(secrets, Verifier) else Verifier(secrets)
+        self.options = resolve(options, changes, allowed=READER_OPTIONS, who="CallbackDependency")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.options.max_body_bytes
+
+    @property
+    def allow_unsigned(self) -> bool:
+        return self.options.allow_unsigned
+
+    async def rejected(self, error: RunflowCallbackError) -> None:
+        """Called once for each request answered 400, 401 or 413; override to count them."""
 
     async def __call__(self, request: Request) -> CallbackContext:
         """Read, verify and parse the request's callback, or raise the right ``HTTPException``."""
@@ -80,17 +107,12 @@ class CallbackDependency(CallbackOptions):
         if known is not None:
             return known
         if request.method != "POST":
-            raise HTTPException(
-                405,
-                detail={
-                    "error": "method_not_allowed",
-                    "detail": "Runflow callbacks are delivered with POST",
-                },
-                headers={"Allow": "POST"},
-            )
+            raise HTTPException(405, detail=METHOD_NOT_ALLOWED, headers={"Allow": "POST"})
         started = time.perf_counter()
         try:
-            reader = self.reader(request.scope["headers"])
+            reader = CallbackReader(
+                request.scope["headers"], verifier=self.verifier, options=self.options
+            )
             async for chunk in request.stream():
                 reader.feed(chunk)
             context = reader.finish()
@@ -100,13 +122,16 @@ class CallbackDependency(CallbackOptions):
                 400, detail={"error": "client_disconnected", "detail": "client left"}
             ) from None
         except RunflowCallbackError as error:
-            status, content = error_answer(error)
-            log_rejection(error, status, request.headers.get("runflow-request-id"), started)
+            status, content = rejection(error)
+            request_id = request.headers.get("runflow-request-id")
+            log_rejection(logger, error, status, request_id, started)
             await self.rejected(error)
             raise HTTPException(status, detail=content) from None
         request.scope.setdefault("state", {})[STATE_KEY] = context
-        request._body = context.body  # Starlette's cache: request.body() works in the route
-        log_outcome(context, "verified", started)
+        # Starlette caches the body here; with it, request.body() works in the route (the
+        # stream was consumed above). Pinned by tests/test_fastapi.py.
+        request._body = context.body
+        log_outcome(logger, context, "verified", started)
         return context
 
     def payload(self, model: type[P]) -> Callable[[Request], Awaitable[P]]:

@@ -6,7 +6,7 @@ and runs you name and feeds every payload the store has not processed yet to the
 marked as reconciled (``source="reconcile"``)::
 
     async with AsyncRunflowClient() as client, open_store("sqlite:///./callbacks.db") as store:
-        processor = CallbackProcessor(store, handle_callback)
+        processor = CallbackProcessor(store, handle_callback)   # the handler serve runs
         report = await reconcile(client, processor, batch_ids=["0190f2a4-..."])
         print(report.recovered, "recovered")
 
@@ -16,7 +16,9 @@ redelivery, or a run whose payload was rebuilt), the newest delivery's bytes are
 delivery of one batch or run shares one idempotency key, so the handler runs at most once.
 
 Without a processor (``processor=None``) the payloads are only recorded in ``store``, where an
-inbox worker (``runflow-callbacks serve --inbox``) picks them up.
+inbox worker (``runflow-callbacks serve --inbox``) picks them up. The handler receives the same
+:class:`~runflow_callbacks.context.CallbackContext` as for a delivery, with
+``source="reconcile"`` and ``signed`` False (the bytes were not verified again).
 """
 
 from __future__ import annotations
@@ -25,18 +27,20 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from runflow_callbacks.asgi import utc_now
-from runflow_callbacks.errors import InvalidPayloadError, RunflowAPIError
+from runflow_callbacks._log import printable
+from runflow_callbacks.context import CallbackContext
+from runflow_callbacks.errors import ConfigurationError, InvalidPayloadError, RunflowAPIError
 from runflow_callbacks.models import CallbackDelivery, parse_callback
-from runflow_callbacks.stores import IncomingCallback, default_key
+from runflow_callbacks.options import ReceiverOptions
+from runflow_callbacks.processing import CallbackProcessor
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from datetime import datetime
 
     from runflow_callbacks.client import AsyncRunflowClient
-    from runflow_callbacks.processing import CallbackProcessor
-    from runflow_callbacks.stores import CallbackStore, KeyFunction
+    from runflow_callbacks.keys import KeyFunction
+    from runflow_callbacks.stores import CallbackStore
 
 __all__ = ["ReconcileItem", "ReconcileReport", "reconcile"]
 
@@ -46,6 +50,7 @@ ItemStatus = Literal[
     "recovered",
     "already_processed",
     "recorded",
+    "unhandled",
     "in_progress",
     "failed",
     "dead",
@@ -60,7 +65,8 @@ class ReconcileItem:
     """What reconciliation did for one batch or run.
 
     ``status``: ``recovered`` (the handler ran now), ``already_processed``, ``recorded`` (no
-    processor: stored for the inbox worker), ``in_progress`` (another replica holds it),
+    processor: stored for the inbox worker), ``unhandled`` (no handler takes its event: kept
+    for when one does), ``in_progress`` (another replica holds it),
     ``failed``/``dead`` (the handler raised; the error is in the store), ``invalid`` (the
     stored bytes are not a callback payload), ``no_payload`` (no delivery with bytes yet) or
     ``api_error`` (the history could not be read; ``detail`` says why).
@@ -119,6 +125,7 @@ _OUTCOME_STATUS: dict[str, ItemStatus] = {
     "processed": "recovered",
     "duplicate": "already_processed",
     "recorded": "recorded",
+    "unhandled": "unhandled",
     "in_progress": "in_progress",
     "failed": "failed",
     "dead": "dead",
@@ -137,28 +144,39 @@ async def reconcile(
 ) -> ReconcileReport:
     """Process every delivered payload of the named batches and runs not yet processed.
 
-    Pass a ``processor`` to run its handler now (in either of its modes), or ``processor=None``
-    and a ``store`` to only record the payloads. ``key`` defaults to the processor's key
-    function; ``clock`` to the processor's clock (the recorded ``received_at``).
+    Pass a ``processor`` to run its handler now (in either of its modes; its key function and
+    clock apply), or ``processor=None`` and a ``store`` to only record the payloads (``key``
+    and ``clock`` then default to the receiver's defaults). Raises
+    :class:`~runflow_callbacks.errors.ConfigurationError` for an impossible call.
     """
-    if processor is None and store is None:
-        raise TypeError("reconcile() needs a processor, or a store to record into")
-    key_function = key or (processor.key if processor is not None else default_key)
+    if processor is None:
+        if store is None:
+            raise ConfigurationError("reconcile() needs a processor, or a store to record into")
+        changes: dict[str, object] = {"mode": "inbox"}
+        if key is not None:
+            changes["key"] = key
+        if clock is not None:
+            changes["clock"] = clock
+        recorder = CallbackProcessor(store, options=ReceiverOptions().replace(**changes))
+    elif key is not None or clock is not None:
+        raise ConfigurationError(
+            "reconcile() uses the processor's key function and clock: give them to the processor"
+        )
+    else:
+        recorder = processor
     report = ReconcileReport()
     subjects: list[tuple[Literal["batch", "run"], str]] = [
         *(("batch", str(subject)) for subject in batch_ids),
         *(("run", str(subject)) for subject in run_ids),
     ]
     for kind, subject_id in subjects:
-        item = await _reconcile_one(
-            client, processor, store, kind, subject_id, key=key_function, clock=clock
-        )
+        item = await _reconcile_one(client, recorder, kind, subject_id, run=processor is not None)
         logger.info(
             "reconcile %s %s: %s%s",
             kind,
             subject_id,
             item.status,
-            f" ({item.detail})" if item.detail else "",
+            f" ({printable(item.detail)})" if item.detail else "",
         )
         report.items.append(item)
     return report
@@ -185,13 +203,11 @@ def _newest_with_bytes(deliveries: list[CallbackDelivery]) -> CallbackDelivery |
 
 async def _reconcile_one(
     client: AsyncRunflowClient,
-    processor: CallbackProcessor | None,
-    store: CallbackStore | None,
+    processor: CallbackProcessor,
     kind: Literal["batch", "run"],
     subject_id: str,
     *,
-    key: KeyFunction,
-    clock: Callable[[], datetime] | None,
+    run: bool,
 ) -> ReconcileItem:
     try:
         deliveries = await _history(client, kind, subject_id)
@@ -205,25 +221,22 @@ async def _reconcile_one(
         payload = parse_callback(body)
     except InvalidPayloadError as error:
         return ReconcileItem(kind, subject_id, "invalid", detail=str(error))
-    now = clock or (processor.clock if processor is not None else utc_now)
-    incoming = IncomingCallback.from_payload(
-        payload,
-        body,
-        received_at=now(),
-        headers={"Runflow-Delivery-Id": str(delivery.id)} if delivery.id else {},
+    context = CallbackContext(
+        payload=payload,
+        body=body,
         secret_id=None if delivery.signing_secret_id is None else str(delivery.signing_secret_id),
+        secret_label=None,
+        request_id=None,
+        headers={"Runflow-Delivery-Id": str(delivery.id)} if delivery.id else {},
+        received_at=processor.clock(),
+        signed=False,
         source="reconcile",
-        key=key,
     )
-    if processor is None:
-        assert store is not None
-        recorded = await store.record(incoming)
-        status: ItemStatus = (
-            "already_processed" if recorded.record.state == "processed" else "recorded"
-        )
-        return ReconcileItem(kind, subject_id, status, key=incoming.key)
-    outcome = await processor.process_reconciled(incoming, payload=payload)
+    if run:
+        outcome = await processor.process_reconciled(context)
+    else:
+        outcome = await processor.record(context)
     detail = None if outcome.error is None else type(outcome.error).__name__
     return ReconcileItem(
-        kind, subject_id, _OUTCOME_STATUS[outcome.status], key=incoming.key, detail=detail
+        kind, subject_id, _OUTCOME_STATUS[outcome.status], key=outcome.key, detail=detail
     )

@@ -31,6 +31,7 @@ from runflow_callbacks.errors import (
     MalformedSignatureError,
     MissingSignatureError,
     SignatureMismatchError,
+    VerificationError,
 )
 
 if TYPE_CHECKING:
@@ -314,7 +315,7 @@ def is_valid(body: Body, signature: str | bytes | None, secrets: SecretsInput) -
     """Return True when :func:`verify` would succeed. Prefer ``verify`` in request handlers."""
     try:
         verify(body, signature, secrets)
-    except (MissingSignatureError, MalformedSignatureError, SignatureMismatchError):
+    except VerificationError:
         return False
     return True
 
@@ -355,10 +356,10 @@ class IncrementalVerifier:
 
     def verify(self, signature: str | bytes | None) -> Secret:
         """Check the header against the bytes fed so far; return the matching secret."""
-        return self._match(parse_signature(signature))
+        return self.verify_digest(parse_signature(signature))
 
-    def _match(self, expected: bytes) -> Secret:
-        # ``expected``: the digest parse_signature() made of the header.
+    def verify_digest(self, expected: bytes) -> Secret:
+        """Like :meth:`verify`, for a header already parsed by :func:`parse_signature`."""
         if self._digests is None:
             self._digests = [mac.finalize() for mac in self._macs]
         for secret, digest in zip(self._secrets, self._digests, strict=False):
@@ -369,7 +370,7 @@ class IncrementalVerifier:
     def is_valid(self, signature: str | bytes | None) -> bool:
         try:
             self.verify(signature)
-        except (MissingSignatureError, MalformedSignatureError, SignatureMismatchError):
+        except VerificationError:
             return False
         return True
 
@@ -391,10 +392,16 @@ class Verifier:
         _check_body(body)
         return _verify_digest(body, parse_signature(signature), self.secrets)
 
+    def verify_digest(self, body: Body, expected: bytes) -> Secret:
+        """Like :meth:`verify`, for a header already parsed by :func:`parse_signature`
+        (a reader that checks the header before the body arrives parses it once)."""
+        _check_body(body)
+        return _verify_digest(body, expected, self.secrets)
+
     def is_valid(self, body: Body, signature: str | bytes | None) -> bool:
         try:
             self.verify(body, signature)
-        except (MissingSignatureError, MalformedSignatureError, SignatureMismatchError):
+        except VerificationError:
             return False
         return True
 

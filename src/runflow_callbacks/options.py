@@ -1,0 +1,251 @@
+"""Every option of the receiving pipeline, declared once: :class:`ReceiverOptions`.
+
+Each front door takes them as keyword arguments (or a ready ``options=ReceiverOptions(...)``):
+:class:`~runflow_callbacks.receiver.CallbackReceiver`, :func:`~runflow_callbacks.app.create_app`
+and :class:`~runflow_callbacks.processing.CallbackProcessor` take all of them;
+:class:`~runflow_callbacks.asgi.CallbackMiddleware` and
+:class:`~runflow_callbacks.fastapi.CallbackDependency`, which run no handler, take the reader
+options (:data:`READER_OPTIONS`). ``runflow-callbacks serve`` has a flag and an environment
+variable for each option (the ``cli`` metadata of each field says which), except ``clock``.
+
+=====================  ===================  ==============================================
+option                 default              meaning
+=====================  ===================  ==============================================
+``max_body_bytes``     16 MiB               largest body read; larger is 413, unread
+``allow_unsigned``     False                accept requests *without* Runflow-Signature
+``clock``              ``utc_now``          ``received_at`` and every time the store keeps
+``mode``               ``"sync"``           ``"inbox"``: answer once recorded; a worker
+                                            runs the handler
+``lease``              5 minutes            how long a run holds its callback unrenewed
+``handler_timeout``    15 minutes           a longer run is cancelled and counted failed
+                                            (None: no limit)
+``max_tries``          8                    handler tries before the dead letter
+                                            (None: never)
+``backoff``            exponential, 2 s     tries -> delay before the next inbox retry
+                       doubling to 10 min
+``key``                ``default_key``      the idempotency key function
+                                            (:mod:`runflow_callbacks.keys`)
+``poll_interval``      1 second             how often an idle inbox worker looks for work
+``worker_batch_size``  16                   handlers an inbox worker runs at once
+=====================  ===================  ==============================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Final, Literal, TypedDict
+
+from runflow_callbacks._time import utc_now
+from runflow_callbacks.defaults import (
+    DEFAULT_HANDLER_TIMEOUT,
+    DEFAULT_LEASE,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_TRIES,
+    DEFAULT_POLL_INTERVAL,
+)
+from runflow_callbacks.errors import ConfigurationError
+from runflow_callbacks.keys import KeyFunction, default_key
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from typing_extensions import Self
+
+__all__ = [
+    "READER_OPTIONS",
+    "ExponentialBackoff",
+    "Mode",
+    "ReaderArgs",
+    "ReceiverArgs",
+    "ReceiverOptions",
+]
+
+Mode = Literal["sync", "inbox"]
+"""``sync``: the handler runs while Runflow waits; ``inbox``: answered once recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExponentialBackoff:
+    """Delay before retry number ``tries + 1``: ``base * factor ** (tries - 1)``, at most ``cap``.
+
+    ``jitter`` (0 to 1) removes up to that fraction of each delay at random, so replicas that
+    failed together do not retry together; ``random`` is injectable for tests.
+
+    >>> backoff = ExponentialBackoff(base=timedelta(seconds=2), cap=timedelta(minutes=1))
+    >>> [backoff(tries).total_seconds() for tries in (1, 2, 3, 10)]
+    [2.0, 4.0, 8.0, 60.0]
+    """
+
+    base: timedelta = timedelta(seconds=2)
+    factor: float = 2.0
+    cap: timedelta = timedelta(minutes=10)
+    jitter: float = 0.0
+    random: Callable[[], float] = field(default=random.random, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.base <= timedelta(0) or self.cap < self.base:
+            raise ConfigurationError("backoff needs 0 < base <= cap")
+        if self.factor < 1 or not 0 <= self.jitter <= 1:
+            raise ConfigurationError("backoff needs factor >= 1 and 0 <= jitter <= 1")
+
+    def __call__(self, tries: int) -> timedelta:
+        exponent = min(max(tries - 1, 0), 64)
+        seconds = min(self.base.total_seconds() * self.factor**exponent, self.cap.total_seconds())
+        if self.jitter:
+            seconds *= 1 - self.jitter * self.random()
+        return timedelta(seconds=seconds)
+
+
+def _cli(flag: str | None, help_text: str) -> dict[str, str | None]:
+    """Field metadata: the ``serve`` flag of an option (None: library only) and its help."""
+    return {"flag": flag, "help": help_text}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceiverOptions:
+    """The options of the receiving pipeline, checked once here (see the module's table)."""
+
+    max_body_bytes: int = field(
+        default=DEFAULT_MAX_BODY_BYTES,
+        metadata=_cli("--max-body-bytes", "largest accepted body, in bytes"),
+    )
+    allow_unsigned: bool = field(
+        default=False,
+        metadata=_cli(
+            "--allow-unsigned",
+            "accept callbacks without Runflow-Signature (an org without a callback secret)",
+        ),
+    )
+    clock: Callable[[], datetime] = field(
+        default=utc_now, metadata=_cli(None, "a test hook: serve uses the system clock")
+    )
+    mode: Mode = field(
+        default="sync",
+        metadata=_cli(
+            "--mode",
+            "sync: the handler runs while Runflow waits; inbox: answer once recorded and run "
+            "the handler in a background worker (--inbox is short for --mode inbox)",
+        ),
+    )
+    lease: timedelta = field(
+        default=DEFAULT_LEASE,
+        metadata=_cli("--lease-seconds", "how long one handler run holds its callback"),
+    )
+    handler_timeout: timedelta | None = field(
+        default=DEFAULT_HANDLER_TIMEOUT,
+        metadata=_cli(
+            "--handler-timeout",
+            "seconds a handler may run before it is cancelled and counted failed (0: no limit)",
+        ),
+    )
+    max_tries: int | None = field(
+        default=DEFAULT_MAX_TRIES,
+        metadata=_cli("--max-tries", "handler tries before the dead letter (0: never)"),
+    )
+    backoff: Callable[[int], timedelta] = field(
+        default_factory=ExponentialBackoff,
+        metadata=_cli(
+            "--backoff-seconds",
+            "BASE[:CAP]: the inbox retry delay doubles from BASE up to CAP seconds",
+        ),
+    )
+    key: KeyFunction = field(
+        default=default_key,
+        metadata=_cli("--key", "MODULE:FUNCTION computing the idempotency key"),
+    )
+    poll_interval: timedelta = field(
+        default=DEFAULT_POLL_INTERVAL,
+        metadata=_cli("--poll-seconds", "how often an idle inbox worker looks for work"),
+    )
+    worker_batch_size: int = field(
+        default=16,
+        metadata=_cli("--worker-batch-size", "handlers an inbox worker runs at once"),
+    )
+
+    def __post_init__(self) -> None:
+        given: object = self.backoff
+        if given is None:  # 0.1 documented backoff=None as "the default backoff"
+            object.__setattr__(self, "backoff", ExponentialBackoff())
+        _positive_int(self.max_body_bytes, "max_body_bytes", "bytes")
+        if not isinstance(self.allow_unsigned, bool):
+            raise ConfigurationError(f"allow_unsigned must be a bool, not {self.allow_unsigned!r}")
+        if self.mode not in {"sync", "inbox"}:
+            raise ConfigurationError(f"mode must be 'sync' or 'inbox', not {self.mode!r}")
+        _positive_duration(self.lease, "lease")
+        if self.handler_timeout is not None:
+            _positive_duration(self.handler_timeout, "handler_timeout", or_none=True)
+        if self.max_tries is not None:
+            _positive_int(self.max_tries, "max_tries", "tries, or None for never")
+        _positive_duration(self.poll_interval, "poll_interval")
+        _positive_int(self.worker_batch_size, "worker_batch_size", "handlers")
+        for name in ("clock", "backoff", "key"):
+            if not callable(getattr(self, name)):
+                raise ConfigurationError(f"{name} must be callable, not {getattr(self, name)!r}")
+
+    def replace(self, **changes: object) -> Self:
+        """These options with ``changes`` (checked like a new instance)."""
+        unknown = set(changes) - _FIELDS
+        if unknown:
+            raise ConfigurationError(f"unknown receiver option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type] # names checked above
+
+
+def _positive_int(value: object, name: str, unit: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive int ({unit}), not {value!r}")
+
+
+def _positive_duration(value: object, name: str, *, or_none: bool = False) -> None:
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        extra = " or None" if or_none else ""
+        raise ConfigurationError(f"{name} must be a positive timedelta{extra}, not {value!r}")
+
+
+_FIELDS: Final = frozenset(item.name for item in dataclasses.fields(ReceiverOptions))
+#: The options of a front door that only reads and verifies (middleware, FastAPI dependency).
+READER_OPTIONS: Final = frozenset({"max_body_bytes", "allow_unsigned", "clock"})
+
+
+class ReaderArgs(TypedDict, total=False):
+    """The reader options as keyword arguments (the fields of :class:`ReceiverOptions`)."""
+
+    max_body_bytes: int
+    allow_unsigned: bool
+    clock: Callable[[], datetime]
+
+
+class ReceiverArgs(ReaderArgs, total=False):
+    """Every option as keyword arguments (the fields of :class:`ReceiverOptions`)."""
+
+    mode: Mode
+    lease: timedelta
+    handler_timeout: timedelta | None
+    max_tries: int | None
+    backoff: Callable[[int], timedelta]
+    key: KeyFunction
+    poll_interval: timedelta
+    worker_batch_size: int
+
+
+def resolve(
+    options: ReceiverOptions | None,
+    changes: ReaderArgs | ReceiverArgs,
+    *,
+    allowed: frozenset[str] = _FIELDS,
+    who: str = "this front door",
+) -> ReceiverOptions:
+    """``options`` (or the defaults) with the keyword ``changes`` a front door was given."""
+    refused = set(changes) - allowed
+    if refused:
+        raise ConfigurationError(
+            f"{who} takes no {', '.join(sorted(refused))} option: it runs no handler"
+            if refused <= _FIELDS
+            else f"unknown receiver option(s): {', '.join(sorted(refused - _FIELDS))}"
+        )
+    base = ReceiverOptions() if options is None else options
+    if not isinstance(base, ReceiverOptions):
+        raise ConfigurationError(f"options must be a ReceiverOptions, not {base!r}")
+    return base.replace(**changes) if changes else base

@@ -1,0 +1,273 @@
+"""One rejection-and-answer suite, run against every front door.
+
+``FrontDoorSuite`` holds the tests; each subclass only swaps the factory that builds its front
+door (the middleware over an app, the receiver without and with a store, the FastAPI
+dependency), so every rejection case runs against every one of them and their answers come
+from the one table in ``runflow_callbacks.answers``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pytest
+
+from asgi_driver import PATH, SECRET, batch_body, drive, signed
+from runflow_callbacks import CallbackMiddleware, CallbackReceiver, sign
+from runflow_callbacks.stores import open_store
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from asgi_driver import Result
+    from runflow_callbacks.context import CallbackContext
+    from runflow_callbacks.errors import RunflowCallbackError
+
+LIMIT = 4096
+METHODS = ["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+class FrontDoorSuite:
+    """What every front door answers before (and instead of) running anything."""
+
+    kind: ClassVar[str]
+
+    @pytest.fixture
+    def door(self) -> Iterator[Door]:
+        door = Door(self.kind)
+        yield door
+        door.close()
+
+    # --- the accepted request ------------------------------------------------------------
+
+    async def test_a_signed_callback_reaches_the_code_behind_the_door_once(
+        self, door: Door
+    ) -> None:
+        body = batch_body()
+        result = await door.send(body, signed(body))
+        assert result.status == 200
+        [context] = door.calls
+        assert context.body == body
+        assert context.signed
+        assert door.rejections == []
+
+    # --- rejections ---------------------------------------------------------------------
+
+    @pytest.mark.parametrize(
+        ("headers", "code"),
+        [
+            ([], "missing_signature"),
+            ([(b"runflow-signature", b"")], "missing_signature"),
+            ([(b"runflow-signature", b"abc")], "malformed_signature"),
+            ([(b"runflow-signature", b"sha256=" + b"0" * 64)], "malformed_signature"),
+            ([(b"runflow-signature", b"0" * 64)], "signature_mismatch"),
+            (
+                [(b"runflow-signature", b"0" * 64), (b"runflow-signature", b"1" * 64)],
+                "malformed_signature",
+            ),
+        ],
+    )
+    async def test_a_bad_signature_is_401_with_its_code(
+        self, door: Door, headers: list[tuple[bytes, bytes]], code: str
+    ) -> None:
+        result = await door.send(batch_body(), headers)
+        assert (result.status, door.error_code(result)) == (401, code)
+        door.assert_rejected_once(code)
+
+    @pytest.mark.parametrize("method", METHODS)
+    async def test_any_other_method_is_405_with_allow_post(self, door: Door, method: str) -> None:
+        body = batch_body()
+        result = await door.send(body, signed(body), method=method)
+        assert result.status == 405
+        assert result.headers["allow"] == "POST"
+        if method != "HEAD":
+            assert door.error_code(result) == "method_not_allowed"
+        assert door.calls == []
+
+    async def test_a_content_length_over_the_limit_is_413_unread(self, door: Door) -> None:
+        body = batch_body()
+        headers = [
+            (b"runflow-signature", sign(body, SECRET).encode()),
+            (b"content-length", str(LIMIT + 1).encode()),
+        ]
+        result = await door.send(body, headers)
+        assert (result.status, door.error_code(result)) == (413, "payload_too_large")
+        door.assert_rejected_once("payload_too_large")
+
+    async def test_a_streamed_body_over_the_limit_is_413(self, door: Door) -> None:
+        body = b"x" * (LIMIT + 10)
+        result = await door.send(body, signed(body), chunk_size=1000)
+        assert (result.status, door.error_code(result)) == (413, "payload_too_large")
+
+    @pytest.mark.parametrize(
+        "body", [b"[1, 2]", b"not json", b'{"event": 3}', b"\xff\xfe{}", b'"a string"']
+    )
+    async def test_verified_bytes_that_are_not_a_callback_are_400(
+        self, door: Door, body: bytes
+    ) -> None:
+        result = await door.send(body, signed(body))
+        assert (result.status, door.error_code(result)) == (400, "invalid_payload")
+        door.assert_rejected_once("invalid_payload")
+
+    async def test_an_empty_signed_body_is_400(self, door: Door) -> None:
+        result = await door.send(b"", signed(b""))
+        assert (result.status, door.error_code(result)) == (400, "invalid_payload")
+
+    @pytest.mark.parametrize("value", [b"abc", b"-1", b"1e3"])
+    async def test_an_invalid_content_length_is_400(self, door: Door, value: bytes) -> None:
+        body = batch_body()
+        signature = (b"runflow-signature", sign(body, SECRET).encode())
+        result = await door.send(body, [signature, (b"content-length", value)])
+        assert (result.status, door.error_code(result)) == (400, "invalid_payload")
+
+    async def test_no_answer_holds_the_secret_or_the_computed_signature(self, door: Door) -> None:
+        body = batch_body(metadata={"customer": "confidential"})
+        wrong = sign(body, "whsec_another_secret_000000")
+        result = await door.send(body, [(b"runflow-signature", wrong.encode())])
+        text = result.body.decode()
+        assert result.status == 401
+        for leaked in (SECRET, sign(body, SECRET), wrong, "confidential"):
+            assert leaked not in text
+
+    async def test_a_client_leaving_mid_body_runs_nothing_and_logs_no_rejection(
+        self, door: Door, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        body = batch_body()
+        caplog.set_level(logging.INFO, logger="runflow_callbacks")
+        await door.send(body, signed(body), chunk_size=10, disconnect_after=1)
+        assert door.calls == []
+        assert door.rejections == []
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    async def test_each_rejection_logs_one_warning_with_its_code(
+        self, door: Door, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="runflow_callbacks")
+        await door.send(batch_body(), [(b"runflow-request-id", b"req-9")])
+        [record] = [r for r in caplog.records if r.name.startswith("runflow_callbacks")]
+        assert record.levelno == logging.WARNING
+        assert "outcome=missing_signature" in record.getMessage()
+        assert "request_id=req-9" in record.getMessage()
+
+
+class TestMiddleware(FrontDoorSuite):
+    kind = "middleware"
+
+
+class TestReceiver(FrontDoorSuite):
+    kind = "receiver"
+
+
+class TestReceiverWithStore(FrontDoorSuite):
+    kind = "receiver+store"
+
+
+class TestDependency(FrontDoorSuite):
+    kind = "dependency"
+
+
+class Door:
+    """One front door of ``kind``, with the code behind it recording what reached it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.calls: list[CallbackContext] = []
+        self.rejections: list[str] = []
+        self._stores: list[Any] = []
+        self.app = self._build()
+
+    def _build(self) -> ASGIApp:
+        door = self
+
+        if self.kind == "middleware":
+
+            class Middleware(CallbackMiddleware):
+                async def rejected(self, error: RunflowCallbackError) -> None:
+                    door.rejections.append(error.code)
+
+            return Middleware(self._downstream, secrets=SECRET, max_body_bytes=LIMIT)
+        if self.kind in {"receiver", "receiver+store"}:
+
+            class Receiver(CallbackReceiver):
+                async def rejected(self, error: RunflowCallbackError) -> None:
+                    door.rejections.append(error.code)
+
+            store = None
+            if self.kind == "receiver+store":
+                store = open_store("memory://")
+                self._stores.append(store)
+            receiver = Receiver(secrets=SECRET, max_body_bytes=LIMIT, store=store)
+            receiver.on_any(self._handler)
+            return receiver
+        return self._fastapi_app()
+
+    def _fastapi_app(self) -> ASGIApp:
+        from fastapi import Depends, FastAPI
+
+        from runflow_callbacks.fastapi import CallbackDependency
+
+        door = self
+
+        class Dependency(CallbackDependency):
+            async def rejected(self, error: RunflowCallbackError) -> None:
+                door.rejections.append(error.code)
+
+        dependency = Dependency(secrets=SECRET, max_body_bytes=LIMIT)
+        app = FastAPI()
+
+        async def route(
+            context: CallbackContext = Depends(dependency),  # noqa: B008 - FastAPI's idiom
+        ) -> dict[str, str]:
+            door.calls.append(context)
+            return {"status": "processed"}
+
+        app.add_api_route(PATH, route, methods=["POST", *METHODS])
+        return app
+
+    async def _downstream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.calls.append(scope["state"]["runflow_callback"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def _handler(self, context: CallbackContext) -> None:
+        self.calls.append(context)
+
+    async def send(
+        self,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        method: str = "POST",
+        chunk_size: int | None = None,
+        disconnect_after: int | None = None,
+    ) -> Result:
+        chunks = (
+            [body]
+            if chunk_size is None
+            else [body[i : i + chunk_size] for i in range(0, len(body), chunk_size)]
+        )
+        return await drive(
+            self.app,
+            chunks=chunks,
+            headers=headers,
+            method=method,
+            disconnect_after=disconnect_after,
+        )
+
+    def error_code(self, result: Result) -> str:
+        """The answer's error code, whichever nesting the front door uses."""
+        content = result.json()
+        if self.kind == "dependency":  # FastAPI keeps its {"detail": ...} nesting
+            content = content["detail"]
+        code: str = content["error"]
+        return code
+
+    def assert_rejected_once(self, code: str) -> None:
+        assert self.rejections == [code]
+        assert self.calls == []
+
+    def close(self) -> None:
+        self._stores.clear()
