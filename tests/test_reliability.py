@@ -12,7 +12,6 @@ import collections
 import contextlib
 import json
 import time
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -29,7 +28,8 @@ from reliability_support import (
 from runflow_callbacks import sign
 from runflow_callbacks.cli import main
 from runflow_callbacks.models import parse_callback
-from runflow_callbacks.stores import IncomingCallback, open_store
+from runflow_callbacks.processing import CallbackProcessor
+from runflow_callbacks.stores import open_store
 from runflow_callbacks.testing import PayloadFactory, serve_fake_runflow
 from runflow_callbacks.wire import dumps_payload
 
@@ -327,10 +327,8 @@ def test_namespace_option_and_variable_select_the_receiver_on_a_shared_store(
 
     async def record_in_first() -> None:
         async with open_store(store, namespace="first") as opened:
-            incoming = IncomingCallback.from_payload(
-                parse_callback(body), body, received_at=datetime.now(timezone.utc)
-            )
-            await opened.record(incoming)
+            processor = CallbackProcessor(opened, mode="inbox")
+            await processor.handle(processor.incoming(parse_callback(body), body))
 
     asyncio.run(record_in_first())
     first = _cli_json(capsys, "inbox", "stats", "--json", "--store", store, "--namespace", "first")

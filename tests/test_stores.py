@@ -25,6 +25,7 @@ from runflow_callbacks.stores import (
     IncomingCallback,
     StoreStats,
     UnknownCallbackError,
+    check_key,
     default_key,
     open_store,
 )
@@ -758,7 +759,9 @@ def test_default_key() -> None:
     assert key.startswith("sha256:")
     assert len(key) == len("sha256:") + 64
     with pytest.raises(ConfigurationError, match="idempotency key"):
-        IncomingCallback.from_payload(batch, body, received_at=T0, key=lambda _p, _b: "")
+        check_key("")
+    with pytest.raises(ConfigurationError, match="at most 512"):
+        check_key("k" * 513)
 
 
 # --- every backend agrees with the in-memory model -------------------------------------------

@@ -63,29 +63,29 @@ complete, fail, renew nor release it: those return False and change nothing. ``p
 brings a dead callback back. Times are always passed in (``now``), so a clock can be injected;
 stores keep them to the microsecond, in UTC.
 
-The idempotency key defaults to ``"{kind}:{batch_id|run_id}:{event}"`` (:func:`default_key`);
-a payload without both an id and an event (an unknown shape) is keyed by the SHA-256 of its
-body bytes instead. Pass any ``key(payload, body) -> str`` to change it.
+Which callbacks are "the same" is the engine's decision, not the store's: the idempotency key
+policy (:func:`~runflow_callbacks.keys.default_key`, re-exported here) lives in
+:mod:`runflow_callbacks.keys`, and the engine hands every store a finished key.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
-from runflow_callbacks.errors import ConfigurationError, StoreError
+from runflow_callbacks._time import aware
+from runflow_callbacks.defaults import DEFAULT_NAMESPACE
+from runflow_callbacks.errors import ConfigurationError, UnknownCallbackError
+from runflow_callbacks.keys import KeyFunction, check_key, default_key
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from types import TracebackType
 
     from typing_extensions import Self
-
-    from runflow_callbacks.models import CallbackPayload
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -101,6 +101,8 @@ __all__ = [
     "StoreStats",
     "StoredCallback",
     "UnknownCallbackError",
+    "aware",
+    "check_key",
     "default_key",
     "open_store",
 ]
@@ -119,55 +121,7 @@ STATES: Final[tuple[State, ...]] = (
 Source = Literal["delivery", "reconcile"]
 """How a callback reached the store: delivered by Runflow, or read back from its history."""
 
-KeyFunction = Callable[["CallbackPayload", bytes], str]
-"""Computes the idempotency key of a callback from its parsed payload and its body bytes."""
-
-#: Table name (SQLite, PostgreSQL) or key prefix (Redis) used when none is given.
-DEFAULT_NAMESPACE: Final = "runflow_callbacks"
 _NAMESPACE: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
-#: Longest idempotency key a store accepts.
-MAX_KEY_CHARS: Final = 512
-
-
-class UnknownCallbackError(StoreError, LookupError):
-    """No callback is recorded under the given key (``key`` says which)."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        super().__init__(f"no callback is recorded under key {key!r}")
-
-
-def default_key(payload: CallbackPayload, body: bytes) -> str:
-    """The default idempotency key: ``"{kind}:{subject_id}:{event}"``.
-
-    ``batch:0190...:batch.succeeded`` for a batch callback. A payload without both an id and
-    an event is keyed by the SHA-256 of its exact body (``"sha256:<hex>"``), so identical
-    bytes still deduplicate.
-    """
-    subject, event = payload.subject_id, payload.event
-    if subject and event:
-        return f"{payload.kind}:{subject}:{event}"
-    return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
-def check_key(key: object) -> str:
-    """Reject what cannot be an idempotency key (a custom key function's bad return value)."""
-    if not isinstance(key, str) or not key:
-        raise ConfigurationError(f"an idempotency key must be a non-empty str, not {key!r}")
-    if len(key) > MAX_KEY_CHARS:
-        raise ConfigurationError(
-            f"an idempotency key must be at most {MAX_KEY_CHARS} characters, got {len(key)}"
-        )
-    return key
-
-
-def aware(moment: datetime, *, name: str = "now") -> datetime:
-    """``moment`` in UTC; a naive datetime is a caller error (its zone would be a guess)."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ConfigurationError(f"{name} must be a timezone-aware datetime")
-    return moment.astimezone(timezone.utc)
-
-
 def check_lease(lease: object) -> timedelta:
     """A lease must be a positive duration."""
     if not isinstance(lease, timedelta) or lease <= timedelta(0):
@@ -179,8 +133,8 @@ def check_lease(lease: object) -> timedelta:
 class IncomingCallback:
     """A verified callback about to be recorded.
 
-    Build it with :meth:`from_context` from the receiver's context, or directly (reconciliation
-    builds it from a delivery's ``payload_bytes`` with ``source="reconcile"``). ``headers``
+    The engine builds it once per callback from the handler's
+    :class:`~runflow_callbacks.context.CallbackContext`, with the key it computed. ``headers``
     holds the Runflow headers as sent (the signature included: it is not a secret, and lets an
     operator re-verify the bytes).
     """
@@ -196,68 +150,6 @@ class IncomingCallback:
     request_id: str | None
     received_at: datetime
     source: Source = "delivery"
-
-    @classmethod
-    def from_payload(
-        cls,
-        payload: CallbackPayload,
-        body: bytes,
-        *,
-        received_at: datetime,
-        headers: Mapping[str, str] | None = None,
-        secret_id: str | None = None,
-        secret_label: str | None = None,
-        request_id: str | None = None,
-        source: Source = "delivery",
-        key: KeyFunction = default_key,
-    ) -> IncomingCallback:
-        """Describe ``body`` (already verified and parsed into ``payload``) for recording."""
-        return cls(
-            key=check_key(key(payload, body)),
-            kind=payload.kind,
-            subject_id=payload.subject_id,
-            event=payload.event,
-            body=bytes(body),
-            headers=dict(headers or {}),
-            secret_id=secret_id,
-            secret_label=secret_label,
-            request_id=request_id,
-            received_at=aware(received_at, name="received_at"),
-            source=source,
-        )
-
-    @classmethod
-    def from_context(
-        cls, context: _ContextLike, *, key: KeyFunction = default_key
-    ) -> IncomingCallback:
-        """Describe a verified :class:`~runflow_callbacks.asgi.CallbackContext` for recording."""
-        return cls.from_payload(
-            context.payload,
-            context.body,
-            received_at=context.received_at,
-            headers=context.headers,
-            secret_id=context.secret_id,
-            secret_label=context.secret_label,
-            request_id=context.request_id,
-            key=key,
-        )
-
-
-class _ContextLike(Protocol):
-    @property
-    def payload(self) -> CallbackPayload: ...
-    @property
-    def body(self) -> bytes: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    @property
-    def secret_id(self) -> str | None: ...
-    @property
-    def secret_label(self) -> str | None: ...
-    @property
-    def request_id(self) -> str | None: ...
-    @property
-    def received_at(self) -> datetime: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
