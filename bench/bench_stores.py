@@ -4,12 +4,13 @@ For each backend (memory, a SQLite file, Redis, PostgreSQL) and each concurrency
 namespace receives ``--callbacks`` distinct batch callbacks (1 KiB bodies), ``concurrency``
 asyncio tasks at a time on one store object, and the rows say callbacks per second of:
 
-* ``record+claim+complete``: the three store calls of one successful delivery,
-* ``handle (sync)``: :meth:`CallbackProcessor.handle` with a no-op handler (the same three
-  calls plus parsing, the outcome and a read of the final record),
-* ``duplicate``: ``handle`` of a callback already processed (record + a refused claim),
+* ``record+claim+complete``: the two store calls of one successful delivery
+  (``record_and_claim`` then ``complete``),
+* ``handle (sync)``: :meth:`CallbackProcessor.handle` with a no-op handler (the same two
+  calls plus the key, the handler's context and the outcome),
+* ``duplicate``: ``handle`` of a callback already processed (one refused ``record_and_claim``),
 * ``(reference) one round trip``: a bare ``PING`` (Redis) or ``SELECT 1`` (PostgreSQL) per
-  call, one at a time: the client and network floor; one cycle costs three round trips.
+  call, one at a time: the client and network floor; one cycle costs two round trips.
 
 Each figure is the best of ``--repeat`` rounds. Redis and PostgreSQL come from
 ``RUNFLOW_TEST_REDIS_URL`` / ``RUNFLOW_TEST_POSTGRES_URL`` or a private throwaway server
@@ -35,8 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runflow_callbacks.models import parse_callback
-from runflow_callbacks.processing import CallbackProcessor, ProcessingContext
-from runflow_callbacks.stores import open_store
+from runflow_callbacks.processing import CallbackProcessor
+from runflow_callbacks.stores import IncomingCallback, open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from servers import ServerUnavailable, postgres_server, redis_server
@@ -44,7 +45,8 @@ from servers import ServerUnavailable, postgres_server, redis_server
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from runflow_callbacks.stores import CallbackStore, IncomingCallback
+    from runflow_callbacks.context import CallbackContext
+    from runflow_callbacks.stores import CallbackStore
 
 BACKENDS = ("memory", "sqlite", "redis", "postgres")
 LEASE = timedelta(minutes=5)
@@ -71,7 +73,7 @@ def bodies(count: int) -> list[bytes]:
     ]
 
 
-async def _noop(context: ProcessingContext) -> None:
+async def _noop(context: CallbackContext) -> None:
     return None
 
 
@@ -102,26 +104,40 @@ async def _round(url: str, what: str, payloads: list[bytes], concurrency: int) -
         if what == "duplicate":
             await _bounded(concurrency, [_handle(processor, item) for item in incoming])
         if what == "record+claim+complete":
-            jobs = [_cycle(store, item) for item in incoming]
+            jobs = [_cycle(store, _incoming(processor, item)) for item in incoming]
         else:
             jobs = [_handle(processor, item) for item in incoming]
         seconds = await _bounded(concurrency, jobs)
     return len(incoming) / seconds
 
 
+def _incoming(processor: CallbackProcessor, context: CallbackContext) -> IncomingCallback:
+    return IncomingCallback(
+        key=processor.key_of(context),
+        kind=context.payload.kind,
+        subject_id=context.subject_id,
+        event=context.event,
+        body=context.body,
+        headers=context.headers,
+        secret_id=None,
+        secret_label=None,
+        request_id=None,
+        received_at=context.received_at,
+    )
+
+
 def _cycle(store: CallbackStore, item: IncomingCallback) -> Callable[[], Awaitable[object]]:
     async def run() -> None:
-        await store.record(item)
         now = item.received_at
-        claim = await store.claim(item.key, now=now, lease=LEASE)
-        assert claim.token is not None
-        assert await store.complete(item.key, claim.token, now=now)
+        admission = await store.record_and_claim(item, now=now, lease=LEASE)
+        assert admission.token is not None
+        assert await store.complete(item.key, admission.token, now=now)
 
     return run
 
 
 def _handle(
-    processor: CallbackProcessor, item: IncomingCallback
+    processor: CallbackProcessor, item: CallbackContext
 ) -> Callable[[], Awaitable[object]]:
     async def run() -> None:
         outcome = await processor.handle(item)

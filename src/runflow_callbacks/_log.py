@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from runflow_callbacks.answers import Outcome
     from runflow_callbacks.context import CallbackContext
     from runflow_callbacks.errors import RunflowCallbackError
 
@@ -66,17 +67,22 @@ def log_outcome(
     started: float | None,
     *,
     error: BaseException | None = None,
+    of: Outcome | None = None,
 ) -> None:
     """One line per callback: event, id, outcome, secret label, request id, key, latency.
 
     INFO normally; ERROR with the traceback when a handler raised ``error`` (the only record
     of that failure). ``started`` is the ``time.perf_counter()`` the latency is measured from
-    (None for a run that no request waits for: the inbox worker, retry, reconcile).
+    (None for a run that no request waits for: the inbox worker, retry, reconcile). ``of``, the
+    outcome, supplies the key and attempt a store gave a context that came without them.
     """
     level = logging.INFO if error is None else logging.ERROR
     if not logger.isEnabledFor(level):
         return
     latency_ms = _latency_ms(started)
+    key, attempt = context.key, context.attempt
+    if of is not None and key is None:
+        key, attempt = of.key, of.attempt
     logger.log(
         level,
         "runflow callback event=%s id=%s outcome=%s secret=%s request_id=%s key=%s attempt=%s "
@@ -86,8 +92,8 @@ def log_outcome(
         outcome,
         context.secret_label,
         printable(context.request_id),
-        printable(context.key),
-        context.attempt,
+        printable(key),
+        attempt,
         context.source,
         "-" if latency_ms is None else f"{latency_ms:.1f}",
         exc_info=error,
@@ -97,8 +103,8 @@ def log_outcome(
             "runflow_outcome": outcome,
             "runflow_secret": context.secret_label,
             "runflow_request_id": context.request_id,
-            "runflow_key": context.key,
-            "runflow_attempt": context.attempt,
+            "runflow_key": key,
+            "runflow_attempt": attempt,
             "runflow_source": context.source,
             "runflow_latency_ms": latency_ms,
         },

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from starlette.types import Send
 
 __all__ = [
+    "ANSWERS",
     "METHOD_NOT_ALLOWED",
     "Outcome",
     "OutcomeStatus",
@@ -112,6 +113,10 @@ def _outcome_body(status: str) -> bytes:
 
 
 _BODIES: Final[dict[str, bytes]] = {status: _outcome_body(status) for status in _OUTCOMES}
+#: Outcome status -> (HTTP status, encoded JSON body): the table, ready to send.
+ANSWERS: Final[dict[str, tuple[int, bytes]]] = {
+    status: (row[0], _BODIES[status]) for status, row in _OUTCOMES.items()
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,7 +126,7 @@ class HandlerTable:
     async def run(self, context: CallbackContext) -> Outcome:
         """Run the handler of ``context.event`` with no store: ``processed``, ``unhandled``,
         or ``failed`` with the exception in :attr:`Outcome.error` (never raised)."""
-        entry = self.lookup(context.event)
+        entry = self.lookup(context.payload.event)
         if entry is None:
             return _UNHANDLED
         try:

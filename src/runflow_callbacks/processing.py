@@ -106,14 +106,14 @@ def _incoming(context: CallbackContext, key: str) -> IncomingCallback:
     return IncomingCallback(
         key=key,
         kind=context.payload.kind,
-        subject_id=context.subject_id,
-        event=context.event,
+        subject_id=context.payload.subject_id,
+        event=context.payload.event,
         body=context.body,
         headers=context.headers,
         secret_id=context.secret_id,
         secret_label=context.secret_label,
         request_id=context.request_id,
-        received_at=aware(context.received_at, name="received_at"),
+        received_at=context.received_at,  # the store checks it is timezone-aware
         source="reconcile" if context.source == "reconcile" else "delivery",
     )
 
@@ -231,21 +231,25 @@ class CallbackProcessor:
 
     async def handle(self, context: CallbackContext) -> Outcome:
         """Record one delivered callback and, in sync mode, run its handler once."""
-        if self.mode == "inbox":
-            outcome = await self.record(context)
+        options = self.options
+        payload = context.payload
+        key = check_key(options.key(payload, context.body))
+        if options.mode == "inbox":
+            outcome = await self._record(context, key)
             if outcome.status == "recorded":
                 self._wakeup.set()
             return outcome
-        return await self._admit_and_run(context)
+        return await self._admit_and_run(context, key)
 
     async def record(self, context: CallbackContext) -> Outcome:
         """Only record ``context`` (for a worker to run): ``recorded``, ``duplicate``, ``dead``."""
-        key = self.key_of(context)
+        return await self._record(context, self.key_of(context))
+
+    async def _record(self, context: CallbackContext, key: str) -> Outcome:
         admission = await self.store.record_and_claim(
-            _incoming(context, key), now=self._now(), lease=None
+            _incoming(context, key), now=self.options.clock(), lease=None
         )
-        status = _NOT_RUN.get(admission.state, "recorded")
-        return Outcome(status, key)
+        return Outcome(_NOT_RUN.get(admission.state, "recorded"), key)
 
     async def process_reconciled(self, context: CallbackContext) -> Outcome:
         """Reconciliation: record a payload read back from the delivery history and run the
@@ -255,7 +259,7 @@ class CallbackProcessor:
         """
         if context.source != "reconcile":
             raise ConfigurationError("process_reconciled() takes a context with source='reconcile'")
-        outcome = await self._admit_and_run(context)
+        outcome = await self._admit_and_run(context, self.key_of(context))
         if outcome.attempt is not None:
             self._log(context, outcome)
         return outcome
@@ -316,10 +320,9 @@ class CallbackProcessor:
     def _not_run(self, key: str, state: State | None) -> Outcome:
         return Outcome(_NOT_RUN.get(state or "", "in_progress"), key)
 
-    async def _admit_and_run(self, context: CallbackContext) -> Outcome:
-        key = self.key_of(context)
+    async def _admit_and_run(self, context: CallbackContext, key: str) -> Outcome:
         admission = await self.store.record_and_claim(
-            _incoming(context, key), now=self._now(), lease=self.lease
+            _incoming(context, key), now=self.options.clock(), lease=self.options.lease
         )
         if admission.token is None:
             return self._not_run(key, admission.state)
@@ -341,15 +344,15 @@ class CallbackProcessor:
         key, attempt = context.key, context.attempt
         assert key is not None
         assert attempt is not None
-        entry = self.handlers.lookup(context.event)
+        entry = self.handlers.lookup(context.payload.event)
         if entry is None:
-            await self.store.release(key, token, now=self._now())
+            await self.store.release(key, token, now=self.options.clock())
             return Outcome("unhandled", key)
         try:
             await self._call_handler(entry, context, key, token)
         except Exception as error:  # noqa: BLE001 - every handler error is recorded and retried
             return await self._failed(key, attempt, token, error)
-        if not await self.store.complete(key, token, now=self._now()):
+        if not await self.store.complete(key, token, now=self.options.clock()):
             logger.warning(
                 "callback %r: the handler returned after its lease was taken over; "
                 "it may have run twice",
@@ -360,22 +363,30 @@ class CallbackProcessor:
     async def _call_handler(
         self, entry: _Entry, context: CallbackContext, key: str, token: str
     ) -> None:
-        timeout = self.handler_timeout
-        heartbeat = asyncio.ensure_future(self._heartbeat(key, token))
+        options = self.options
+        timeout = options.handler_timeout
+        interval = options.lease.total_seconds() / 3
+        # The heartbeat starts only once a third of the lease has passed: most handlers are
+        # done long before, and then no task is ever made for it.
+        heartbeat: list[asyncio.Future[None]] = []
+        started = asyncio.get_running_loop().call_later(
+            interval,
+            lambda: heartbeat.append(asyncio.ensure_future(self._heartbeat(key, token, interval))),
+        )
         try:
             await asyncio.wait_for(
                 entry(context), None if timeout is None else timeout.total_seconds()
             )
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            started.cancel()
+            for task in heartbeat:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
-    async def _heartbeat(self, key: str, token: str) -> None:
-        """Renew the lease every third of ``lease`` while the handler runs."""
-        interval = self.lease.total_seconds() / 3
+    async def _heartbeat(self, key: str, token: str, interval: float) -> None:
+        """Renew the lease now, then every third of ``lease``, while the handler runs."""
         while True:
-            await asyncio.sleep(interval)
             try:
                 held = await self.store.renew(key, token, now=self._now(), lease=self.lease)
             except RunflowCallbackError as error:
@@ -384,6 +395,7 @@ class CallbackProcessor:
             if not held:
                 logger.warning("callback %r: its lease was taken over while the handler runs", key)
                 return
+            await asyncio.sleep(interval)
 
     async def _failed(
         self, key: str, attempt: int, token: str, error: Exception, *, dead: bool = False

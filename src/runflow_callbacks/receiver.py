@@ -39,13 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Final
 
 from runflow_callbacks._log import log_outcome
-from runflow_callbacks.answers import Outcome, send_answer
+from runflow_callbacks.answers import ANSWERS, Outcome, send_answer
 from runflow_callbacks.context import existing_callback
 from runflow_callbacks.errors import ConfigurationError, StoreError
 from runflow_callbacks.handlers import Handler, HandlerTable
@@ -183,7 +182,8 @@ class CallbackReceiver:
             await self._not_http(scope, receive, send)
             return
         started = time.perf_counter()
-        context = existing_callback(scope)  # set when a CallbackMiddleware runs in front
+        # Set when a CallbackMiddleware runs in front; most requests have no state at all.
+        context = existing_callback(scope) if "state" in scope else None
         if context is None:
             context = await accept(
                 scope,
@@ -198,10 +198,9 @@ class CallbackReceiver:
             if context is None:
                 return
         outcome = await self.process(context)
-        if outcome.key is not None and context.key is None:
-            context = _with_key(context, outcome)
-        log_outcome(logger, context, outcome.status, started, error=outcome.error)
-        await send_answer(send, outcome.http_status, outcome.body())
+        log_outcome(logger, context, outcome.status, started, error=outcome.error, of=outcome)
+        status, body = ANSWERS[outcome.status]
+        await send_answer(send, status, body)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -248,8 +247,3 @@ class CallbackReceiver:
                         return
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
-
-
-def _with_key(context: CallbackContext, outcome: Outcome) -> CallbackContext:
-    """The context as the log line should show it: with the key (and attempt) the store used."""
-    return dataclasses.replace(context, key=outcome.key, attempt=outcome.attempt)

@@ -211,7 +211,9 @@ async def _reconcile_one(
 ) -> ReconcileItem:
     try:
         deliveries = await _history(client, kind, subject_id)
-    except RunflowAPIError as error:
+    except (RunflowAPIError, InvalidPayloadError, ConfigurationError) as error:
+        # An unreadable answer, or an id the API cannot take, spoils this item only: the
+        # report of the others (whose handlers may have run already) is not lost.
         return ReconcileItem(kind, subject_id, "api_error", detail=str(error))
     delivery = _newest_with_bytes(deliveries)
     body = None if delivery is None else delivery.body

@@ -300,12 +300,12 @@ class SQLiteStore(StoreBase):
     async def record_and_claim(
         self, incoming: IncomingCallback, *, now: datetime, lease: timedelta | None
     ) -> Admission:
-        received_at = _us(aware(incoming.received_at, name="received_at"))
+        received_at = to_us(aware(incoming.received_at, name="received_at"))
         now = aware(now)
         lease = None if lease is None else check_lease(lease)
-        now_us = _us(now)
+        now_us = to_us(now)
         token = None if lease is None else new_token()
-        expires = None if lease is None else _us(now + lease)
+        expires = None if lease is None else to_us(now + lease)
         delivered = 1 if incoming.source == "delivery" else 0
         row: dict[str, Any] = {
             "key": incoming.key,
@@ -418,7 +418,7 @@ class SQLiteStore(StoreBase):
         )
 
     async def complete(self, key: str, token: str, *, now: datetime) -> bool:
-        now_us = _us(aware(now))
+        now_us = to_us(aware(now))
         return await self._finish(
             key,
             token,
