@@ -18,8 +18,8 @@ from starlette.routing import Route
 
 from runflow_callbacks import CallbackReceiver, parse_callback, verify
 from runflow_callbacks.cli import main
-from runflow_callbacks.cli.api import format_history
 from runflow_callbacks.cli.fake import parse_delays
+from runflow_callbacks.cli.history import format_history
 from runflow_callbacks.models import BatchCallbackDelivery
 from runflow_callbacks.testing import free_port, serve_fake_runflow, serve_in_thread, wait_for_port
 

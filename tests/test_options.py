@@ -134,3 +134,96 @@ def test_an_unknown_option_is_refused_by_name() -> None:
 def test_none_for_the_optional_limits_means_no_limit() -> None:
     options = ReceiverOptions(handler_timeout=None, max_tries=None)
     assert (options.handler_timeout, options.max_tries) == (None, None)
+
+
+# --- serve: a flag and a variable per option ------------------------------------------------
+
+#: What to type on the command line for each option, and what the library should get.
+TYPED: dict[str, tuple[list[str], str, Any]] = {
+    "max_body_bytes": (["1024"], "1024", 1024),
+    "allow_unsigned": ([], "true", True),
+    "mode": (["inbox"], "inbox", "inbox"),
+    "lease": (["42"], "42", timedelta(seconds=42)),
+    "handler_timeout": (["7.5"], "7.5", timedelta(seconds=7.5)),
+    "max_tries": (["3"], "3", 3),
+    "backoff": (
+        ["5:60"],
+        "5:60",
+        ExponentialBackoff(base=timedelta(seconds=5), cap=timedelta(seconds=60), jitter=0.1),
+    ),
+    "key": (["test_options:_key"], "test_options:_key", _key),
+    "poll_interval": (["9"], "9", timedelta(seconds=9)),
+    "worker_batch_size": (["4"], "4", 4),
+}
+FLAGGED = sorted(set(NAMES) - {"clock"})
+
+
+def _serve_options(argv: list[str]) -> dict[str, Any]:
+    from runflow_callbacks.cli import build_parser
+    from runflow_callbacks.cli._options import options_from_args
+
+    return options_from_args(build_parser().parse_args(["serve", *argv]))
+
+
+def test_every_option_but_the_clock_has_a_serve_flag() -> None:
+    from runflow_callbacks.cli._options import option_flags
+
+    assert sorted(option_flags()) == FLAGGED
+    assert sorted(TYPED) == FLAGGED
+
+
+@pytest.mark.parametrize("name", FLAGGED)
+def test_every_option_reaches_serve_by_its_flag(name: str) -> None:
+    from runflow_callbacks.cli._options import option_flags
+
+    argv, _, expected = TYPED[name]
+    options = _serve_options([option_flags()[name], *argv])
+    assert options == {name: expected}
+    app = create_app(secrets=SECRET, store="memory://", handler=lambda context: None, **options)
+    assert getattr(app.state.receiver.options, name) == expected
+
+
+@pytest.mark.parametrize("name", FLAGGED)
+def test_every_option_reaches_serve_by_its_environment_variable(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runflow_callbacks.cli._options import env_name
+
+    _, text, expected = TYPED[name]
+    monkeypatch.setenv(env_name(name), text)
+    assert _serve_options([]) == {name: expected}
+
+
+def test_serve_without_option_flags_keeps_the_library_defaults() -> None:
+    assert _serve_options([]) == {}
+
+
+def test_zero_means_no_limit_for_the_timeout_and_the_tries() -> None:
+    options = _serve_options(["--handler-timeout", "0", "--max-tries", "0"])
+    assert options == {"handler_timeout": None, "max_tries": None}
+
+
+def test_inbox_is_short_for_mode_inbox() -> None:
+    assert _serve_options(["--inbox"]) == {"mode": "inbox"}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--lease-seconds", "0"],
+        ["--lease-seconds", "soon"],
+        ["--handler-timeout", "-1"],
+        ["--max-tries", "-1"],
+        ["--worker-batch-size", "0"],
+        ["--backoff-seconds", "10:5"],
+        ["--key", "no_colon"],
+        ["--mode", "later"],
+    ],
+)
+def test_a_bad_option_flag_is_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _serve_options(argv)
+    assert exited.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err

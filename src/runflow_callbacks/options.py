@@ -6,7 +6,8 @@ and :class:`~runflow_callbacks.processing.CallbackProcessor` take all of them;
 :class:`~runflow_callbacks.asgi.CallbackMiddleware` and
 :class:`~runflow_callbacks.fastapi.CallbackDependency`, which run no handler, take the reader
 options (:data:`READER_OPTIONS`). ``runflow-callbacks serve`` has a flag and an environment
-variable for each option (the ``cli`` metadata of each field says which), except ``clock``.
+variable for each option except ``clock`` (:mod:`runflow_callbacks.cli._options`; a test
+checks that none is missing).
 
 =====================  ===================  ==============================================
 option                 default              meaning
@@ -99,71 +100,21 @@ class ExponentialBackoff:
         return timedelta(seconds=seconds)
 
 
-def _cli(flag: str | None, help_text: str) -> dict[str, str | None]:
-    """Field metadata: the ``serve`` flag of an option (None: library only) and its help."""
-    return {"flag": flag, "help": help_text}
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReceiverOptions:
     """The options of the receiving pipeline, checked once here (see the module's table)."""
 
-    max_body_bytes: int = field(
-        default=DEFAULT_MAX_BODY_BYTES,
-        metadata=_cli("--max-body-bytes", "largest accepted body, in bytes"),
-    )
-    allow_unsigned: bool = field(
-        default=False,
-        metadata=_cli(
-            "--allow-unsigned",
-            "accept callbacks without Runflow-Signature (an org without a callback secret)",
-        ),
-    )
-    clock: Callable[[], datetime] = field(
-        default=utc_now, metadata=_cli(None, "a test hook: serve uses the system clock")
-    )
-    mode: Mode = field(
-        default="sync",
-        metadata=_cli(
-            "--mode",
-            "sync: the handler runs while Runflow waits; inbox: answer once recorded and run "
-            "the handler in a background worker (--inbox is short for --mode inbox)",
-        ),
-    )
-    lease: timedelta = field(
-        default=DEFAULT_LEASE,
-        metadata=_cli("--lease-seconds", "how long one handler run holds its callback"),
-    )
-    handler_timeout: timedelta | None = field(
-        default=DEFAULT_HANDLER_TIMEOUT,
-        metadata=_cli(
-            "--handler-timeout",
-            "seconds a handler may run before it is cancelled and counted failed (0: no limit)",
-        ),
-    )
-    max_tries: int | None = field(
-        default=DEFAULT_MAX_TRIES,
-        metadata=_cli("--max-tries", "handler tries before the dead letter (0: never)"),
-    )
-    backoff: Callable[[int], timedelta] = field(
-        default_factory=ExponentialBackoff,
-        metadata=_cli(
-            "--backoff-seconds",
-            "BASE[:CAP]: the inbox retry delay doubles from BASE up to CAP seconds",
-        ),
-    )
-    key: KeyFunction = field(
-        default=default_key,
-        metadata=_cli("--key", "MODULE:FUNCTION computing the idempotency key"),
-    )
-    poll_interval: timedelta = field(
-        default=DEFAULT_POLL_INTERVAL,
-        metadata=_cli("--poll-seconds", "how often an idle inbox worker looks for work"),
-    )
-    worker_batch_size: int = field(
-        default=16,
-        metadata=_cli("--worker-batch-size", "handlers an inbox worker runs at once"),
-    )
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    allow_unsigned: bool = False
+    clock: Callable[[], datetime] = utc_now
+    mode: Mode = "sync"
+    lease: timedelta = DEFAULT_LEASE
+    handler_timeout: timedelta | None = DEFAULT_HANDLER_TIMEOUT
+    max_tries: int | None = DEFAULT_MAX_TRIES
+    backoff: Callable[[int], timedelta] = field(default_factory=ExponentialBackoff)
+    key: KeyFunction = default_key
+    poll_interval: timedelta = DEFAULT_POLL_INTERVAL
+    worker_batch_size: int = 16
 
     def __post_init__(self) -> None:
         given: object = self.backoff

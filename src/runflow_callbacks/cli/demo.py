@@ -1,7 +1,8 @@
 """``runflow-callbacks demo``: the README's main job.
 
 The demo first walks through signatures (below), then runs the receiver at work: a fake
-Runflow delivering to ``runflow-callbacks serve`` on SQLite (:mod:`runflow_callbacks.demo`).
+Runflow delivering to ``runflow-callbacks serve`` on SQLite
+(:mod:`runflow_callbacks.cli._demo_run`).
 ``--signatures-only`` stops after the first part.
 
 The signature walk-through signs a realistic ``batch.partial_succeeded`` callback the way
@@ -14,18 +15,15 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runflow_callbacks import demo as receiver_demo
-from runflow_callbacks.diagnose import diagnose_mismatch
 from runflow_callbacks.errors import ConfigurationError, VerificationError
-from runflow_callbacks.models import BatchCallbackPayload, parse_callback
-from runflow_callbacks.testing.factories import PayloadFactory
-from runflow_callbacks.verifier import Secret, Verifier, sign
 
 if TYPE_CHECKING:
     import argparse
+    from pathlib import Path
+
+    from runflow_callbacks.verifier import Verifier
 
 __all__ = ["register", "run_demo", "show_signatures"]
 
@@ -48,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--workdir",
-        type=Path,
+        type=_directory,
         metavar="DIR",
         help="keep the SQLite store and logs in DIR (default: a temporary directory)",
     )
@@ -60,7 +58,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run_demo)
 
 
+def _directory(text: str) -> Path:
+    # The type of --workdir. pathlib is imported here, when the option is given, because every
+    # command pays for what this module imports at the top.
+    from pathlib import Path  # noqa: PLC0415
+
+    return Path(text)
+
+
 def _check(verifier: Verifier, title: str, body: bytes, signature: str) -> None:
+    from runflow_callbacks.diagnose import diagnose_mismatch  # noqa: PLC0415 - pydantic
+    from runflow_callbacks.models import BatchCallbackPayload, parse_callback  # noqa: PLC0415
+
     print(f"\n{title} ({len(body)} bytes)")
     try:
         secret = verifier.verify(body, signature)
@@ -91,11 +100,18 @@ def run_demo(args: argparse.Namespace) -> int:
     show_signatures()
     if args.signatures_only:
         return 0
-    return receiver_demo.run(batches=args.batches, workdir=args.workdir)
+    # The receiver at work needs the whole stack (servers, stores, the fake Runflow).
+    from runflow_callbacks.cli import _demo_run  # noqa: PLC0415
+
+    return _demo_run.run(batches=args.batches, workdir=args.workdir)
 
 
 def show_signatures() -> None:
     """Sign a sample batch callback, verify it during a rotation, reject rewritten copies."""
+    # The sample comes from the test kit, which imports pydantic: loaded for the demo only.
+    from runflow_callbacks.testing.factories import PayloadFactory  # noqa: PLC0415
+    from runflow_callbacks.verifier import Secret, Verifier, sign  # noqa: PLC0415
+
     old = Secret("whsec_demo_old_2f6b1c0e9d8a7f65", label="old")
     new = Secret("whsec_demo_new_8c3e5a7b9d1f2460", label="new")
     verifier = Verifier([old, new])

@@ -23,13 +23,13 @@ from runflow_callbacks.cli._common import (
     add_secret_options,
     secrets_from_args,
 )
-from runflow_callbacks.errors import ConfigurationError
-from runflow_callbacks.testing.fake import (
-    DEFAULT_ATTEMPT_TIMEOUT_S,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_RETRY_DELAYS_S,
-    FakeRunflow,
+from runflow_callbacks.defaults import (
+    API_KEY_ENV,
+    FAKE_ATTEMPT_TIMEOUT_S,
+    FAKE_MAX_ATTEMPTS,
+    FAKE_RETRY_DELAYS_S,
 )
+from runflow_callbacks.errors import ConfigurationError
 
 if TYPE_CHECKING:
     import argparse
@@ -66,29 +66,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--api-key",
         metavar="KEY",
-        help="the Bearer key the API accepts (default: $RUNFLOW_API_KEY; required)",
+        help=f"the Bearer key the API accepts (default: ${API_KEY_ENV}; required)",
     )
     add_secret_options(parser)
     parser.add_argument(
         "--retry-delays",
         type=parse_delays,
-        default=DEFAULT_RETRY_DELAYS_S,
+        default=FAKE_RETRY_DELAYS_S,
         metavar="S1,S2,...",
         help="seconds before each retry; the last doubles beyond the list (default: 1,2,4,8)",
     )
     parser.add_argument(
         "--max-attempts",
         type=int,
-        default=DEFAULT_MAX_ATTEMPTS,
+        default=FAKE_MAX_ATTEMPTS,
         metavar="N",
-        help=f"attempts per delivery (default: {DEFAULT_MAX_ATTEMPTS})",
+        help=f"attempts per delivery (default: {FAKE_MAX_ATTEMPTS})",
     )
     parser.add_argument(
         "--attempt-timeout",
         type=float,
-        default=DEFAULT_ATTEMPT_TIMEOUT_S,
+        default=FAKE_ATTEMPT_TIMEOUT_S,
         metavar="SECONDS",
-        help=f"per-attempt timeout (default: {DEFAULT_ATTEMPT_TIMEOUT_S:g})",
+        help=f"per-attempt timeout (default: {FAKE_ATTEMPT_TIMEOUT_S:g})",
     )
     parser.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
     parser.set_defaults(func=run_fake_runflow)
@@ -96,9 +96,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_fake_runflow(args: argparse.Namespace) -> int:
     """Build the fake from the options and serve it until interrupted."""
-    api_key = args.api_key or os.environ.get("RUNFLOW_API_KEY")
+    api_key = args.api_key or os.environ.get(API_KEY_ENV)
     if not api_key:
-        raise ConfigurationError("--api-key (or RUNFLOW_API_KEY) is required")
+        raise ConfigurationError(f"--api-key (or {API_KEY_ENV}) is required")
     secret = None
     if args.secrets or os.environ.get(SECRETS_ENV_VARIABLE, "").strip(" ,"):
         secrets = secrets_from_args(args)
@@ -107,6 +107,8 @@ def run_fake_runflow(args: argparse.Namespace) -> int:
                 f"fake-runflow installs exactly one initial secret, got {len(secrets)}"
             )
         secret = secrets[0].reveal()
+    from runflow_callbacks.testing.fake import FakeRunflow  # noqa: PLC0415 - starlette, httpx
+
     fake = FakeRunflow(
         api_key=api_key,
         secret=secret,

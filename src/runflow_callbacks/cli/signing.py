@@ -13,19 +13,20 @@ with the reason on stderr and, on a mismatch, a hint when the body looks rewritt
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from runflow_callbacks.cli._common import add_secret_options, read_input, secrets_from_args
-from runflow_callbacks.diagnose import diagnose_mismatch
 from runflow_callbacks.errors import ConfigurationError, SignatureMismatchError
-from runflow_callbacks.verifier import SIGNATURE_HEADER, Verifier, sign
 
 if TYPE_CHECKING:
     import argparse
 
 __all__ = ["register", "run_sign", "run_verify"]
 
-_NO_HINT = (
+#: ``verifier.SIGNATURE_HEADER``, spelled out: importing the verifier to build the parser would
+#: load cryptography's bindings for every command (``tests/test_imports.py`` keeps them equal).
+_SIGNATURE_HEADER: Final = "Runflow-Signature"
+_NO_HINT: Final = (
     "hint: no common rewrite of the body explains it; check that the secret is the one that "
     "signed this delivery (signing_secret_id in the delivery history)"
 )
@@ -55,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--signature",
         required=True,
         metavar="HEX",
-        help=f"the {SIGNATURE_HEADER} header value (64 hex digits)",
+        help=f"the {_SIGNATURE_HEADER} header value (64 hex digits)",
     )
     _add_file_argument(verify_parser)
     verify_parser.set_defaults(func=run_verify)
@@ -73,6 +74,8 @@ def _add_file_argument(parser: argparse.ArgumentParser) -> None:
 
 def run_sign(args: argparse.Namespace) -> int:
     """Print the signature of the body with the one configured secret."""
+    from runflow_callbacks.verifier import sign  # noqa: PLC0415 - loads cryptography
+
     secrets = secrets_from_args(args)
     if len(secrets) != 1:
         raise ConfigurationError(
@@ -84,12 +87,17 @@ def run_sign(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Verify the body; name the matching secret, or explain the failure on stderr."""
+    from runflow_callbacks.verifier import Verifier  # noqa: PLC0415 - loads cryptography
+
     secrets = secrets_from_args(args)
     body = read_input(args.file)
     try:
         secret = Verifier(secrets).verify(body, args.signature)
     except SignatureMismatchError as exc:
         print(f"runflow-callbacks verify: {exc}", file=sys.stderr)
+        # Only a mismatch needs the hints, which import pydantic (through the wire format).
+        from runflow_callbacks.diagnose import diagnose_mismatch  # noqa: PLC0415
+
         hint = diagnose_mismatch(body, args.signature, secrets)
         print(_NO_HINT if hint is None else f"hint: {hint}", file=sys.stderr)
         return 1

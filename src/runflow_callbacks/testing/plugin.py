@@ -10,6 +10,11 @@
   uvicorn server, signing with ``runflow_secret`` and retrying fast (0.05, 0.1, 0.2, 0.4 s,
   5 attempts). Tune it with ``@pytest.mark.fake_runflow(max_attempts=2, ...)`` (any
   :class:`~runflow_callbacks.testing.FakeRunflow` option). Needs uvicorn.
+
+pytest loads this module in every run of a project that installs runflow-callbacks, used or
+not. So it imports only pytest and the standard library at the top, and the kit (pydantic,
+httpx, starlette) inside the fixtures that need it: a test session that uses none of them
+does not pay for them.
 """
 
 from __future__ import annotations
@@ -21,14 +26,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
-from runflow_callbacks.testing.factories import PayloadFactory
-from runflow_callbacks.testing.fake.running import RunningFakeRunflow, serve_fake_runflow
-from runflow_callbacks.testing.requests import SignedRequest, signed_request
-
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     from pydantic import BaseModel
+
+    from runflow_callbacks.testing.factories import PayloadFactory
+    from runflow_callbacks.testing.fake.running import RunningFakeRunflow
+    from runflow_callbacks.testing.requests import SignedRequest
 
 __all__ = [
     "FAKE_RUNFLOW_DEFAULTS",
@@ -72,6 +77,8 @@ class Signer:
         request_id: str | None = None,
     ) -> SignedRequest:
         """The signed request for a payload model, a mapping, or exact bytes."""
+        from runflow_callbacks.testing.requests import signed_request  # noqa: PLC0415 - lazy
+
         return signed_request(payload_or_bytes, self.secret, request_id=request_id)
 
 
@@ -84,6 +91,8 @@ def runflow_secret() -> str:
 @pytest.fixture
 def runflow_payloads(request: pytest.FixtureRequest) -> PayloadFactory:
     """A payload factory seeded from the test's id."""
+    from runflow_callbacks.testing.factories import PayloadFactory  # noqa: PLC0415 - lazy
+
     return PayloadFactory(seed=zlib.crc32(request.node.nodeid.encode("utf-8")))
 
 
@@ -98,6 +107,8 @@ def fake_runflow(
     request: pytest.FixtureRequest, runflow_secret: str
 ) -> Iterator[RunningFakeRunflow]:
     """A fake Runflow under uvicorn that signs with ``runflow_secret`` and retries fast."""
+    from runflow_callbacks.testing.fake.running import serve_fake_runflow  # noqa: PLC0415 - lazy
+
     options: dict[str, Any] = {**FAKE_RUNFLOW_DEFAULTS, "secret": runflow_secret}
     marker = request.node.get_closest_marker("fake_runflow")
     if marker is not None:

@@ -17,6 +17,11 @@ from typing import TYPE_CHECKING, Final
 
 import httpx
 
+from runflow_callbacks.defaults import (
+    FAKE_ATTEMPT_TIMEOUT_S,
+    FAKE_MAX_ATTEMPTS,
+    FAKE_RETRY_DELAYS_S,
+)
 from runflow_callbacks.errors import ConfigurationError
 from runflow_callbacks.testing.fake.state import Attempt, Delivery, FakeState, Subject
 from runflow_callbacks.testing.requests import REQUEST_ID_HEADER
@@ -34,9 +39,10 @@ __all__ = [
 ]
 
 #: Our choice of schedule (Runflow documents "exponential" without numbers): 1, 2, 4, 8 s.
-DEFAULT_RETRY_DELAYS_S: Final = (1.0, 2.0, 4.0, 8.0)
-DEFAULT_MAX_ATTEMPTS: Final = 5
-DEFAULT_ATTEMPT_TIMEOUT_S: Final = 5.0
+#: These three live in :mod:`runflow_callbacks.defaults`, where the command line reads them.
+DEFAULT_RETRY_DELAYS_S: Final = FAKE_RETRY_DELAYS_S
+DEFAULT_MAX_ATTEMPTS: Final = FAKE_MAX_ATTEMPTS
+DEFAULT_ATTEMPT_TIMEOUT_S: Final = FAKE_ATTEMPT_TIMEOUT_S
 #: How much of a receiver's answer is kept in ``response_body``.
 MAX_RESPONSE_BODY_CHARS: Final = 2048
 

@@ -1,6 +1,8 @@
 """The receiver at work: a fake Runflow delivering to ``runflow-callbacks serve`` on SQLite.
 
-``python3 dev.py demo`` (``runflow-callbacks demo``) runs, in a temporary directory:
+The second part of ``runflow-callbacks demo`` (:mod:`runflow_callbacks.cli.demo`), which
+imports this module only when it gets there. ``python3 dev.py demo`` runs, in a temporary
+directory:
 
 1. a fake Runflow (real HTTP, real signatures, real retries) and ``serve`` side by side;
 2. a stream of batch callbacks, with progress;
@@ -30,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import httpx
 
-from runflow_callbacks.cli.api import format_history
+from runflow_callbacks.cli.history import format_history
+from runflow_callbacks.defaults import API_KEY_ENV, API_URL_ENV, DEFAULT_CALLBACK_PATH, SECRETS_ENV
 from runflow_callbacks.stores import open_store
 from runflow_callbacks.testing import (
     PayloadFactory,
@@ -43,14 +46,15 @@ from runflow_callbacks.testing import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from runflow_callbacks.asgi import CallbackContext
+    from runflow_callbacks.context import CallbackContext
     from runflow_callbacks.stores import StoreStats
     from runflow_callbacks.testing import RunningFakeRunflow
 
 __all__ = ["handle", "run"]
 
 LOG_ENV: Final = "RUNFLOW_DEMO_LOG"
-_PATH: Final = "/callbacks/runflow"
+#: :func:`handle`, as ``serve --handler`` and ``reconcile --handler`` import it.
+_HANDLER: Final = "runflow_callbacks.cli._demo_run:handle"
 #: Runflow's retry schedule, shortened so the demo takes seconds (attempts at +0, 0.3, 0.9,
 #: 2.1 and 4.5 s).
 _RETRY_DELAYS_S: Final = (0.3, 0.6, 1.2, 2.4)
@@ -70,12 +74,12 @@ class _Receiver:
 
     def __init__(self, workdir: Path, store_url: str, secret: str) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}{_PATH}"
+        self.url = f"http://127.0.0.1:{self.port}{DEFAULT_CALLBACK_PATH}"
         self._workdir = workdir
         self._store_url = store_url
         self._env = {
             **os.environ,
-            "RUNFLOW_CALLBACK_SECRETS": secret,
+            SECRETS_ENV: secret,
             LOG_ENV: str(workdir / "handled.log"),
             "PYTHONUNBUFFERED": "1",
         }
@@ -91,7 +95,7 @@ class _Receiver:
             "--store",
             self._store_url,
             "--handler",
-            "runflow_callbacks.demo:handle",
+            _HANDLER,
             "--port",
             str(self.port),
             "--log-level",
@@ -278,9 +282,9 @@ def _acts(demo: _Demo, root: Path, store_url: str, secret: str, count: int) -> i
 
     demo.title("6. Reconcile from the delivery history")
     env = {**os.environ, LOG_ENV: str(root / "handled.log")}
-    env["RUNFLOW_API_URL"] = demo.runflow.base_url
-    env["RUNFLOW_API_KEY"] = demo.runflow.api_key
-    args = ["reconcile", "--store", store_url, "--handler", "runflow_callbacks.demo:handle"]
+    env[API_URL_ENV] = demo.runflow.base_url
+    env[API_KEY_ENV] = demo.runflow.api_key
+    args = ["reconcile", "--store", store_url, "--handler", _HANDLER]
     for batch_id in demo.batches:
         args += ["--batch", batch_id]
     result = _cli(root, env, *args, "--json")

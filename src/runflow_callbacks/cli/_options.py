@@ -1,0 +1,238 @@
+"""The receiver's options as ``serve`` flags and ``RUNFLOW_CALLBACK_*`` variables.
+
+:class:`~runflow_callbacks.options.ReceiverOptions` declares the options; this table says how
+the command line spells and reads each one (``tests/test_options.py`` checks that every option
+but ``clock``, a test hook, is here). An option's environment variable is ``RUNFLOW_CALLBACK_``
+plus its name in capitals (``RUNFLOW_CALLBACK_HANDLER_TIMEOUT``). A flag wins over its
+variable; neither given, the option keeps the library's default. Building the parser imports
+nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+from runflow_callbacks.defaults import ENV_PREFIX
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from runflow_callbacks.options import ExponentialBackoff
+
+__all__ = ["add_receiver_options", "env_name", "option_flags", "options_from_args"]
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+
+
+def env_name(option: str) -> str:
+    """The environment variable of an option: ``RUNFLOW_CALLBACK_<NAME>``."""
+    return ENV_PREFIX + option.upper()
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def _duration(text: str) -> timedelta:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return timedelta(seconds=value)
+
+
+def _duration_or_zero(text: str) -> timedelta:
+    return timedelta(seconds=_seconds(text))  # 0: no limit (None once read)
+
+
+def _count(text: str, *, zero: bool) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0 or (value == 0 and not zero):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def _positive(text: str) -> int:
+    return _count(text, zero=False)
+
+
+def _positive_or_zero(text: str) -> int:
+    return _count(text, zero=True)  # 0: never (None once read)
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a yes/no value (1/0, true/false)")
+
+
+def _backoff(text: str) -> ExponentialBackoff:
+    from runflow_callbacks.options import ExponentialBackoff  # noqa: PLC0415 - only when given
+
+    base, _, cap = text.partition(":")
+    first = _duration(base)
+    last = _duration(cap) if cap else max(first, ExponentialBackoff().cap)
+    if last < first:
+        raise argparse.ArgumentTypeError("the cap must not be shorter than the base")
+    return ExponentialBackoff(base=first, cap=last, jitter=0.1)
+
+
+def _spec(text: str) -> str:
+    if ":" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MODULE:FUNCTION")
+    return text
+
+
+# option -> (flag, argparse type, metavar, default shown, help)
+_FLAGS: Final[dict[str, tuple[str, Callable[[str], Any], str | None, str, str]]] = {
+    "max_body_bytes": (
+        "--max-body-bytes",
+        _positive,
+        "N",
+        "16 MiB",
+        "largest accepted body, in bytes",
+    ),
+    "allow_unsigned": (
+        "--allow-unsigned",
+        _boolean,
+        None,
+        "off",
+        "accept callbacks without Runflow-Signature (an org without a callback secret)",
+    ),
+    "mode": (
+        "--mode",
+        str,
+        None,
+        "sync",
+        "sync: the handler runs while Runflow waits; inbox: answer once recorded and run the "
+        "handler in a background worker",
+    ),
+    "lease": (
+        "--lease-seconds",
+        _duration,
+        "SECONDS",
+        "300",
+        "how long one handler run holds its callback",
+    ),
+    "handler_timeout": (
+        "--handler-timeout",
+        _duration_or_zero,
+        "SECONDS",
+        "900",
+        "how long a handler may run before it is cancelled and counted failed (0: no limit)",
+    ),
+    "max_tries": (
+        "--max-tries",
+        _positive_or_zero,
+        "N",
+        "8",
+        "handler tries before the dead letter (0: never)",
+    ),
+    "backoff": (
+        "--backoff-seconds",
+        _backoff,
+        "BASE[:CAP]",
+        "2:600",
+        "the inbox retry delay: BASE seconds, doubling per try up to CAP",
+    ),
+    "key": (
+        "--key",
+        _spec,
+        "MODULE:FUNCTION",
+        "kind:id:event",
+        "the function computing the idempotency key from (payload, body)",
+    ),
+    "poll_interval": (
+        "--poll-seconds",
+        _duration,
+        "SECONDS",
+        "1",
+        "how often an idle inbox worker looks for work",
+    ),
+    "worker_batch_size": (
+        "--worker-batch-size",
+        _positive,
+        "N",
+        "16",
+        "handlers an inbox worker runs at once",
+    ),
+}
+
+
+def option_flags() -> dict[str, str]:
+    """Option name -> its ``serve`` flag, for every option that has one."""
+    return {name: row[0] for name, row in _FLAGS.items()}
+
+
+def add_receiver_options(parser: argparse.ArgumentParser) -> None:
+    """A flag per receiver option, defaulting to its environment variable."""
+    group = parser.add_argument_group(
+        "receiver options", f"each also read from {ENV_PREFIX}<OPTION> (a flag wins)"
+    )
+    for name, (flag, read, metavar, shown, help_start) in _FLAGS.items():
+        dest = f"option_{name}"
+        env = env_name(name)
+        raw = os.environ.get(env)
+        help_text = f"{help_start} (default: ${env}, else {shown})"
+        if name == "allow_unsigned":
+            group.add_argument(
+                flag,
+                dest=dest,
+                action="store_true",
+                default=None if raw is None else read(raw),
+                help=help_text,
+            )
+        elif name == "mode":
+            group.add_argument(
+                flag, dest=dest, choices=["sync", "inbox"], default=raw, help=help_text
+            )
+        else:
+            group.add_argument(
+                flag, dest=dest, type=read, metavar=metavar, default=raw, help=help_text
+            )
+    group.add_argument(
+        "--inbox",
+        dest="option_mode",
+        action="store_const",
+        const="inbox",
+        help="short for --mode inbox: answer once recorded, run the handler in a worker",
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given by flag or variable, ready for ``create_app(**options)``.
+
+    A ``--key`` spec is imported here (it may name the application's own module).
+    """
+    given: dict[str, Any] = {}
+    for name in _FLAGS:
+        value = getattr(args, f"option_{name}", None)
+        if value is None:
+            continue  # neither flag nor variable: the library's default
+        if name == "key":
+            from runflow_callbacks.app import load_handler  # noqa: PLC0415 - run time only
+
+            value = load_handler(value, flag="--key")
+        elif name in _ZERO_IS_NONE and not value:
+            value = None
+        given[name] = value
+    return given
+
+
+#: Options whose 0 on the command line means "no limit" (None in the library).
+_ZERO_IS_NONE: Final = frozenset({"handler_timeout", "max_tries"})
