@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
+import sys
 import threading
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -17,11 +20,12 @@ from runflow_callbacks import (
     RunCallbackDelivery,
     RunflowAPIError,
 )
+from runflow_callbacks._metadata import distribution_version
 from runflow_callbacks.client import AsyncRunflowClient, CallbackSecret, RunflowClient
 from runflow_callbacks.testing import FakeRunflow, free_port, serve_fake_runflow, serve_in_thread
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator, Mapping
 
     from runflow_callbacks.testing import RunningFakeRunflow
 
@@ -206,6 +210,7 @@ def test_backoff_is_exponential_capped_and_honours_retry_after() -> None:
 
 def test_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RUNFLOW_API_KEY", raising=False)
+    monkeypatch.delenv("RUNFLOW_API_URL", raising=False)
     with pytest.raises(ConfigurationError, match="RUNFLOW_API_KEY"):
         RunflowClient()
     monkeypatch.setenv("RUNFLOW_API_KEY", "rf_from_env")
@@ -240,7 +245,8 @@ def test_non_json_error_body_still_raises_our_error() -> None:
         pytest.raises(RunflowAPIError) as caught,
     ):
         api.batch_deliveries("x")
-    assert (caught.value.status, caught.value.code, caught.value.message) == (400, None, None)
+    assert (caught.value.status, caught.value.api_code, caught.value.message) == (400, None, None)
+    assert caught.value.code == "runflow_api_error"
 
 
 async def test_async_client_does_the_same(runflow: RunningFakeRunflow, hook: str) -> None:
@@ -311,3 +317,217 @@ async def test_async_client_network_errors_and_timeouts() -> None:
             await api.run_deliveries("r")
     assert (caught.value.status, caught.value.code) == (0, "timeout")
     assert len(delays) == 2
+
+
+# --- retries of requests that are not idempotent, User-Agent, RUNFLOW_API_URL ----------------
+# Against httpx.MockTransport: a scripted Runflow answering (or failing) one request at a time,
+# and both twins driven through the same calls so that they are held to the same behaviour.
+
+Outcome = httpx.Response | type[httpx.TransportError]
+
+
+class ScriptedRunflow:
+    """A MockTransport handler: one outcome per request, the last one repeated."""
+
+    def __init__(self, *outcomes: Outcome) -> None:
+        self._outcomes = list(outcomes)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        outcome = self._outcomes.pop(0) if len(self._outcomes) > 1 else self._outcomes[0]
+        if isinstance(outcome, type):
+            raise outcome("scripted failure", request=request)
+        return httpx.Response(outcome.status_code, headers=outcome.headers, content=outcome.content)
+
+
+class Twin:
+    """Runs one client method on the sync or the async client, recording the backoff delays."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.delays: list[float] = []
+
+    def call(
+        self,
+        script: ScriptedRunflow,
+        method: str,
+        *args: Any,
+        client: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``method(*args, **kwargs)`` on a client built with ``client`` options."""
+        options = {"api_key": "k", "rng": random.Random(1), **(client or {})}
+        transport = httpx.MockTransport(script)
+        if self.kind == "sync":
+            with RunflowClient(transport=transport, sleep=self.delays.append, **options) as api:
+                return getattr(api, method)(*args, **kwargs)
+
+        async def record(seconds: float) -> None:
+            self.delays.append(seconds)
+
+        async def run() -> Any:
+            async with AsyncRunflowClient(transport=transport, sleep=record, **options) as api:
+                return await getattr(api, method)(*args, **kwargs)
+
+        return asyncio.run(run())
+
+
+@pytest.fixture(params=["sync", "async"])
+def twin(request: pytest.FixtureRequest) -> Twin:
+    return Twin(request.param)
+
+
+def secret_answer() -> httpx.Response:
+    return httpx.Response(201, json={"label": "next", "plain_secret": "whsec_new"})
+
+
+def delivery_answer() -> httpx.Response:
+    return httpx.Response(201, json={"is_automatic": False})
+
+
+@dataclass(frozen=True)
+class Post:
+    """A POST of the client: its method and arguments, a good answer, how to check a lost one."""
+
+    method: str
+    args: tuple[str, ...]
+    answer: Callable[[], httpx.Response]
+    hint: str
+
+
+POSTS = [
+    pytest.param(Post("create_callback_secret", (), secret_answer, "list the callback secrets"),
+                 id="create_callback_secret"),
+    pytest.param(Post("redeliver_batch", ("b",), delivery_answer, "delivery history of batch b"),
+                 id="redeliver_batch"),
+    pytest.param(Post("redeliver_run", ("r",), delivery_answer, "delivery history of run r"),
+                 id="redeliver_run"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("post", POSTS)
+@pytest.mark.parametrize(
+    "lost", [httpx.ReadTimeout, httpx.ReadError, httpx.WriteTimeout, httpx.RemoteProtocolError]
+)
+def test_a_post_whose_answer_was_lost_is_sent_once_and_says_how_to_check(
+    twin: Twin, post: Post, lost: type[httpx.TransportError]
+) -> None:
+    script = ScriptedRunflow(lost, post.answer())
+    with pytest.raises(RunflowAPIError) as caught:
+        twin.call(script, post.method, *post.args)
+    assert len(script.requests) == 1
+    assert twin.delays == []
+    error = caught.value
+    expected_code = "timeout" if issubclass(lost, httpx.TimeoutException) else "network_error"
+    assert (error.status, error.code) == (0, expected_code)
+    assert "may have been applied" in str(error)
+    assert post.hint in str(error)
+    assert error.__cause__ is None
+
+
+@pytest.mark.parametrize("post", POSTS)
+@pytest.mark.parametrize("unsent", [httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout])
+def test_a_post_that_never_reached_runflow_is_retried_and_succeeds(
+    twin: Twin, post: Post, unsent: type[httpx.TransportError]
+) -> None:
+    script = ScriptedRunflow(unsent, post.answer())
+    assert twin.call(script, post.method, *post.args) is not None
+    assert len(script.requests) == 2
+    assert len(twin.delays) == 1
+    first, second = script.requests
+    assert (first.method, first.url, first.content) == (second.method, second.url, second.content)
+
+
+def test_a_post_that_never_connects_gives_up_with_a_plain_network_error(twin: Twin) -> None:
+    script = ScriptedRunflow(httpx.ConnectError)
+    with pytest.raises(RunflowAPIError) as caught:
+        twin.call(script, "create_callback_secret", client={"max_attempts": 3})
+    assert len(script.requests) == 3
+    assert len(twin.delays) == 2
+    assert (caught.value.status, caught.value.code) == (0, "network_error")
+    assert "may have been applied" not in str(caught.value)
+
+
+@pytest.mark.parametrize("post", POSTS)
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_post_answered_429_or_503_with_retry_after_is_retried(
+    twin: Twin, post: Post, status: int
+) -> None:
+    busy = httpx.Response(status, headers={"Retry-After": "2"}, json={"code": "busy"})
+    script = ScriptedRunflow(busy, post.answer())
+    assert twin.call(script, post.method, *post.args) is not None
+    assert len(script.requests) == 2
+    assert twin.delays == [2.0]
+
+
+@pytest.mark.parametrize("post", POSTS)
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        httpx.Response(500),
+        httpx.Response(502),
+        httpx.Response(504, headers={"Retry-After": "1"}),
+        httpx.Response(503),
+        httpx.Response(429),
+    ],
+    ids=["500", "502", "504-retry-after", "503-without-retry-after", "429-without-retry-after"],
+)
+def test_a_post_answered_any_other_error_is_not_retried(
+    twin: Twin, post: Post, refusal: httpx.Response
+) -> None:
+    script = ScriptedRunflow(refusal, post.answer())
+    with pytest.raises(RunflowAPIError) as caught:
+        twin.call(script, post.method, *post.args)
+    assert caught.value.status == refusal.status_code
+    assert len(script.requests) == 1
+    assert twin.delays == []
+
+
+def test_gets_keep_retrying_timeouts_and_server_errors(twin: Twin) -> None:
+    script = ScriptedRunflow(httpx.ReadTimeout, httpx.Response(500), httpx.Response(200, json=[]))
+    assert twin.call(script, "batch_deliveries", "b") == []
+    assert len(script.requests) == 3
+    assert len(twin.delays) == 2
+
+
+def test_a_secret_update_is_replayed_because_it_only_sets_values(twin: Twin) -> None:
+    updated = httpx.Response(200, json={"label": "b", "is_current": True})
+    script = ScriptedRunflow(httpx.ReadTimeout, httpx.Response(502), updated)
+    result = twin.call(script, "update_callback_secret", "s", label="b", is_current=True)
+    assert (result.label, result.is_current) == ("b", True)
+    assert len(script.requests) == 3
+    assert {request.content for request in script.requests} == {
+        b'{"label": "b", "is_current": true}'
+    }
+
+
+def test_every_request_carries_our_user_agent(twin: Twin) -> None:
+    script = ScriptedRunflow(httpx.Response(200, json=[]))
+    twin.call(script, "run_deliveries", "r")
+    [request] = script.requests
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    expected = (
+        f"runflow-callbacks/{distribution_version()} (python {python}; httpx {httpx.__version__})"
+    )
+    assert request.headers["User-Agent"] == expected
+    assert re.fullmatch(r"runflow-callbacks/\S+ \(python 3\.\d+; httpx \d+\.\d+\S*\)", expected)
+
+
+def test_the_api_url_comes_from_the_environment_unless_base_url_is_given(
+    twin: Twin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = ScriptedRunflow(httpx.Response(200, json=[]))
+    monkeypatch.setenv("RUNFLOW_API_URL", "http://runflow.test:8080/")
+    twin.call(script, "run_deliveries", "r")
+    twin.call(script, "run_deliveries", "r", client={"base_url": "https://explicit.test"})
+    monkeypatch.setenv("RUNFLOW_API_URL", "")
+    twin.call(script, "run_deliveries", "r")
+    monkeypatch.delenv("RUNFLOW_API_URL")
+    twin.call(script, "run_deliveries", "r")
+    assert [str(request.url) for request in script.requests] == [
+        "http://runflow.test:8080/v1/runs/r/callback",
+        "https://explicit.test/v1/runs/r/callback",
+        "https://api.runflow.io/v1/runs/r/callback",
+        "https://api.runflow.io/v1/runs/r/callback",
+    ]

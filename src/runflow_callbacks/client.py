@@ -6,18 +6,32 @@
 
 :class:`RunflowClient` (sync) and :class:`AsyncRunflowClient` share everything but the I/O.
 Errors raise :class:`~runflow_callbacks.errors.RunflowAPIError` with ``status``, ``code``,
-``message`` and ``errors``; ``status`` is 0 when no HTTP answer came at all (the network failed
-on every attempt). 5xx, 429 and network errors are retried with exponential backoff and jitter
-(at most ``max_attempts``, default 5); other 4xx never are. ``Retry-After`` (seconds) is
-honoured up to ``backoff_max_s``.
+``message`` and ``errors``; ``status`` is 0 when no HTTP answer came at all. Retries use
+exponential backoff and jitter (at most ``max_attempts``, default 5); ``Retry-After`` (seconds)
+is honoured up to ``backoff_max_s``. What is retried depends on whether replaying the request
+is harmless:
+
+* reads (``GET``) and the secret update (``PATCH``, which only sets values) are retried on 5xx,
+  429 and network errors, never on other 4xx;
+* ``POST`` (create a callback secret, ask for a redelivery) creates something each time it is
+  applied, and Runflow documents no ``Idempotency-Key``; so it is retried only when it certainly
+  was not sent (``httpx.ConnectError``, ``httpx.ConnectTimeout``, ``httpx.PoolTimeout``) or when
+  Runflow says to (429 or 503 carrying ``Retry-After``). When its answer is lost (read/write
+  timeout, dropped connection) it is never sent again: the error says it may have been applied
+  and how to check (list the secrets, look at the delivery history).
+
+Every request carries ``User-Agent: runflow-callbacks/<version> (python <x.y>; httpx <version>)``.
+The API is ``base_url=``, else ``$RUNFLOW_API_URL``, else :data:`DEFAULT_BASE_URL`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
@@ -26,6 +40,8 @@ from uuid import UUID
 import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, SecretStr, ValidationError
 
+from runflow_callbacks._metadata import DISTRIBUTION, distribution_version
+from runflow_callbacks.defaults import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
 from runflow_callbacks.errors import ConfigurationError, InvalidPayloadError, RunflowAPIError
 from runflow_callbacks.models import (
     BatchCallbackDelivery,
@@ -44,9 +60,14 @@ __all__ = [
     "RunflowClient",
 ]
 
-DEFAULT_BASE_URL: Final = "https://api.runflow.io"
-API_KEY_ENV: Final = "RUNFLOW_API_KEY"
+#: The Runflow API (from :mod:`runflow_callbacks.defaults`, where every default is kept).
+DEFAULT_BASE_URL: Final = DEFAULT_API_URL
 _RETRYABLE: Final = frozenset({429, 500, 502, 503, 504})
+#: Answers that ask for the same request again later: retried even when replaying is not safe,
+#: but only when they carry ``Retry-After`` (the server saying it did not take the request).
+_RETRY_LATER: Final = frozenset({429, 503})
+#: Failures that happen before a single byte of the request left: nothing can have been applied.
+_NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _SyncSelf = TypeVar("_SyncSelf", bound="RunflowClient")
 _AsyncSelf = TypeVar("_AsyncSelf", bound="AsyncRunflowClient")
 _T = TypeVar("_T")
@@ -77,12 +98,23 @@ class CallbackSecret(BaseModel):
 
 @dataclass(frozen=True)
 class _Call(Generic[_T]):
-    """One API call: what to send and how to read a successful answer."""
+    """One API call: what to send, how to read a successful answer, and whether to replay it.
+
+    ``replay_risk`` is None when sending the request twice is harmless (reads, updates that
+    only set values). Otherwise it says what a request whose answer was lost may have done and
+    how to check, and the request is sent again only when it certainly was not sent or Runflow
+    asked for it (see :meth:`_ClientBase._retry_after`).
+    """
 
     method: str
     path: str
     parse: Callable[[httpx.Response], _T]
     content: bytes | None = None
+    replay_risk: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method == "POST" and self.replay_risk is None:  # pragma: no cover - a bug
+            raise AssertionError("a POST must say what replaying it risks (replay_risk=)")
 
 
 def _plain_id(what: str, value: str | UUID) -> str:
@@ -155,17 +187,25 @@ class _Calls:
     @staticmethod
     def redeliver_batch(batch_id: str | UUID) -> _Call[BatchCallbackDelivery]:
         path = _subject_path("batch", batch_id, "callback-redeliveries")
-        return _Call("POST", path, _parse_batch_delivery)
+        risk = _redelivery_risk("batch", batch_id, "batch_deliveries")
+        return _Call("POST", path, _parse_batch_delivery, replay_risk=risk)
 
     @staticmethod
     def redeliver_run(run_id: str | UUID) -> _Call[RunCallbackDelivery]:
         path = _subject_path("run", run_id, "callback-redeliveries")
-        return _Call("POST", path, _parse_run_delivery)
+        risk = _redelivery_risk("run", run_id, "run_deliveries")
+        return _Call("POST", path, _parse_run_delivery, replay_risk=risk)
 
     @staticmethod
     def create_secret(label: str | None) -> _Call[CallbackSecret]:
         body = json.dumps({"label": label} if label is not None else {}).encode()
-        return _Call("POST", "/v1/callback-secrets", _parse_secret, body)
+        named = f" labelled {label!r}" if label is not None else ""
+        risk = (
+            f"a callback secret{named} may have been created, and its value (returned only in "
+            "that answer) is lost: list the callback secrets and delete the one you cannot "
+            "use before creating another"
+        )
+        return _Call("POST", "/v1/callback-secrets", _parse_secret, body, replay_risk=risk)
 
     @staticmethod
     def get_secret(secret_id: str | UUID) -> _Call[CallbackSecret]:
@@ -187,6 +227,20 @@ class _Calls:
         return _Call("PATCH", path, _parse_secret, json.dumps(body).encode())
 
 
+def _redelivery_risk(kind: _Kind, subject_id: str | UUID, method: str) -> str:
+    subject = f"{kind} {_plain_id(kind, subject_id)}"
+    return (
+        f"a redelivery may have been started: look at the delivery history of {subject} "
+        f"({method}()) before asking for another"
+    )
+
+
+@functools.cache
+def _user_agent() -> str:
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return f"{DISTRIBUTION}/{distribution_version()} (python {python}; httpx {httpx.__version__})"
+
+
 def _api_error(response: httpx.Response) -> RunflowAPIError:
     code = message = errors = None
     try:
@@ -200,11 +254,12 @@ def _api_error(response: httpx.Response) -> RunflowAPIError:
     return RunflowAPIError(status=response.status_code, code=code, message=message, errors=errors)
 
 
-def _network_error(exc: httpx.TransportError) -> RunflowAPIError:
+def _network_error(exc: httpx.TransportError, replay_risk: str | None = None) -> RunflowAPIError:
     code = "timeout" if isinstance(exc, httpx.TimeoutException) else "network_error"
-    return RunflowAPIError(
-        status=0, code=code, message=f"no answer from the Runflow API ({type(exc).__name__})"
-    )
+    message = f"no answer from the Runflow API ({type(exc).__name__})"
+    if replay_risk is not None:
+        message += f"; the request was sent and may have been applied: {replay_risk}"
+    return RunflowAPIError(status=0, code=code, message=message)
 
 
 class _ClientBase:
@@ -214,7 +269,7 @@ class _ClientBase:
         self,
         *,
         api_key: str | None,
-        base_url: str,
+        base_url: str | None,
         organization_id: str | None,
         timeout_s: float,
         connect_timeout_s: float,
@@ -228,6 +283,8 @@ class _ClientBase:
             raise ConfigurationError(
                 f"a Runflow API key is required: pass api_key= or set {API_KEY_ENV}"
             )
+        if base_url is None:
+            base_url = os.environ.get(API_URL_ENV) or DEFAULT_BASE_URL
         if not base_url.startswith(("http://", "https://")):
             raise ConfigurationError("base_url must start with http:// or https://")
         if max_attempts < 1:
@@ -239,7 +296,11 @@ class _ClientBase:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter, not crypto
-        self._headers = {"Authorization": f"Bearer {key.strip()}", "Accept": "application/json"}
+        self._headers = {
+            "Authorization": f"Bearer {key.strip()}",
+            "Accept": "application/json",
+            "User-Agent": _user_agent(),
+        }
         if organization_id:
             self._headers["X-Organization-Id"] = organization_id
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
@@ -273,20 +334,31 @@ class _ClientBase:
         }
 
     def _retry_after(
-        self, attempt: int, outcome: httpx.Response | httpx.TransportError
+        self, call: _Call[Any], attempt: int, outcome: httpx.Response | httpx.TransportError
     ) -> float | None:
         """None when ``outcome`` is the answer; else the delay before the next attempt.
 
         Raises :class:`RunflowAPIError` for an error that must not (or can no longer) be retried.
+        A call that is harmless to replay is retried on network errors and on 5xx and 429
+        answers. Any other is retried only when it certainly was not sent (it never connected)
+        or when Runflow asked for it again (429 or 503 with ``Retry-After``); when it was sent
+        and its answer lost, the error says what it may have done.
         """
         last = attempt >= self.max_attempts
+        safe = call.replay_risk is None
         if isinstance(outcome, httpx.TransportError):
+            if not safe and not isinstance(outcome, _NOT_SENT):
+                raise _network_error(outcome, call.replay_risk) from None
             if last:
                 raise _network_error(outcome) from None
             return self.backoff_s(attempt)
         if outcome.is_success:
             return None
-        if outcome.status_code in _RETRYABLE and not last:
+        if safe:
+            retry = outcome.status_code in _RETRYABLE
+        else:
+            retry = outcome.status_code in _RETRY_LATER and "retry-after" in outcome.headers
+        if retry and not last:
             return self.backoff_s(attempt, outcome)
         raise _api_error(outcome)
 
@@ -294,17 +366,17 @@ class _ClientBase:
 class RunflowClient(_ClientBase):
     """Synchronous Runflow API client (httpx).
 
-    ``api_key`` defaults to ``$RUNFLOW_API_KEY``; ``organization_id`` is sent as
-    ``X-Organization-Id``. ``timeout_s`` bounds each read/write/pool wait and
-    ``connect_timeout_s`` each connect. ``sleep`` and ``rng`` make the backoff testable;
-    ``transport`` replaces httpx's transport.
+    ``api_key`` defaults to ``$RUNFLOW_API_KEY`` and ``base_url`` to ``$RUNFLOW_API_URL``, else
+    :data:`DEFAULT_BASE_URL`; ``organization_id`` is sent as ``X-Organization-Id``.
+    ``timeout_s`` bounds each read/write/pool wait and ``connect_timeout_s`` each connect.
+    ``sleep`` and ``rng`` make the backoff testable; ``transport`` replaces httpx's transport.
     """
 
     def __init__(
         self,
         *,
         api_key: str | None = None,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         organization_id: str | None = None,
         timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
@@ -356,7 +428,7 @@ class RunflowClient(_ClientBase):
                 outcome = self._http.request(**self._request_options(call))
             except httpx.TransportError as exc:
                 outcome = exc
-            delay = self._retry_after(attempt, outcome)
+            delay = self._retry_after(call, attempt, outcome)
             if delay is None:
                 assert isinstance(outcome, httpx.Response)
                 return call.parse(outcome)
@@ -407,7 +479,7 @@ class AsyncRunflowClient(_ClientBase):
         self,
         *,
         api_key: str | None = None,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         organization_id: str | None = None,
         timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
@@ -459,7 +531,7 @@ class AsyncRunflowClient(_ClientBase):
                 outcome = await self._http.request(**self._request_options(call))
             except httpx.TransportError as exc:
                 outcome = exc
-            delay = self._retry_after(attempt, outcome)
+            delay = self._retry_after(call, attempt, outcome)
             if delay is None:
                 assert isinstance(outcome, httpx.Response)
                 return call.parse(outcome)
