@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_core import from_json
 from typing_extensions import TypedDict
 
+from runflow_callbacks._events import BATCH_EVENTS, RUN_EVENTS
 from runflow_callbacks.errors import InvalidPayloadError
 from runflow_callbacks.verifier import Secret, sign
 
@@ -60,13 +61,6 @@ __all__ = [
     "parse_delivery_history",
 ]
 
-RUN_EVENTS: Final = ("run.completed", "run.failed", "run.cancelled", "run.partial_succeeded")
-BATCH_EVENTS: Final = (
-    "batch.succeeded",
-    "batch.failed",
-    "batch.cancelled",
-    "batch.partial_succeeded",
-)
 _EVENT_KINDS: Final = {**dict.fromkeys(RUN_EVENTS, "run"), **dict.fromkeys(BATCH_EVENTS, "batch")}
 
 
@@ -327,9 +321,15 @@ def _load_json(body: bytes | bytearray) -> Any:
 
 def _loads_leniently(body: bytes | bytearray, error: ValueError) -> Any:
     # Python's json (what Runflow writes with) also reads escaped lone surrogates such as
-    # "\udcff", which pydantic-core refuses; a verified body must not be lost over that.
+    # "\udcff", which pydantic-core refuses; a verified body must not be lost over that. It is
+    # given text decoded as strict UTF-8: handed bytes, json.loads would detect UTF-16 and
+    # UTF-32 and accept them, and a callback body is UTF-8 JSON or it is a 400.
     try:
-        return json.loads(body)
+        text = bytes(body).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidPayloadError(f"callback body is not valid JSON (not UTF-8): {error}") from None
+    try:
+        return json.loads(text)
     except (ValueError, RecursionError):
         raise InvalidPayloadError(f"callback body is not valid JSON: {error}") from None
 
