@@ -19,6 +19,7 @@ from servers import ServerUnavailable, postgres_server, redis_server
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from contextlib import AbstractContextManager
+    from pathlib import Path
 
 
 def _in_ci() -> bool:
@@ -59,3 +60,21 @@ def postgres_url() -> Iterator[str]:
 def namespace() -> str:
     """A fresh store namespace (table name or key prefix), so tests never see each other."""
     return f"t_{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a store on each backend in turn (SQLite in a fresh directory)."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'callbacks.db'}"
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url

@@ -40,6 +40,8 @@ def _key(payload: CallbackPayload, body: bytes) -> str:
 CHANGED: dict[str, Any] = {
     "max_body_bytes": 1024,
     "allow_unsigned": True,
+    "body_timeout": timedelta(seconds=3),
+    "max_unverified_bytes": 4096,
     "clock": _fixed_clock,
     "mode": "inbox",
     "lease": timedelta(seconds=42),
@@ -142,6 +144,8 @@ def test_none_for_the_optional_limits_means_no_limit() -> None:
 TYPED: dict[str, tuple[list[str], str, Any]] = {
     "max_body_bytes": (["1024"], "1024", 1024),
     "allow_unsigned": ([], "true", True),
+    "body_timeout": (["3"], "3", timedelta(seconds=3)),
+    "max_unverified_bytes": (["4096"], "4096", 4096),
     "mode": (["inbox"], "inbox", "inbox"),
     "lease": (["42"], "42", timedelta(seconds=42)),
     "handler_timeout": (["7.5"], "7.5", timedelta(seconds=7.5)),
@@ -199,8 +203,11 @@ def test_serve_without_option_flags_keeps_the_library_defaults() -> None:
 
 
 def test_zero_means_no_limit_for_the_timeout_and_the_tries() -> None:
-    options = _serve_options(["--handler-timeout", "0", "--max-tries", "0"])
-    assert options == {"handler_timeout": None, "max_tries": None}
+    argv = ["--handler-timeout", "0", "--max-tries", "0", "--body-timeout", "0"]
+    options = _serve_options([*argv, "--max-unverified-bytes", "0"])
+    assert options == dict.fromkeys(
+        ["handler_timeout", "max_tries", "body_timeout", "max_unverified_bytes"]
+    )
 
 
 def test_inbox_is_short_for_mode_inbox() -> None:

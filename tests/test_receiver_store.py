@@ -167,6 +167,8 @@ async def test_rejections_are_counted_in_the_store(store: CallbackStore) -> None
         forged = await client.post(URL, content=body, headers=_signed(body, "whsec_forger_000"))
         unsigned = await client.post(URL, content=body)
     assert (forged.status_code, unsigned.status_code) == (401, 401)
+    assert receiver.rejections == {"signature_mismatch": 1, "missing_signature": 1}
+    await receiver.flush_rejections()
     stats = await store.stats()
     assert (stats.rejected, stats.received) == (2, 0)
 

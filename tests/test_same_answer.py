@@ -13,15 +13,15 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import pytest
 
 from asgi_driver import SECRET, batch_body, run_body
 from runflow_callbacks import CallbackReceiver, dumps_payload, sign
 from runflow_callbacks.stores import open_store
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
-    from pathlib import Path
+    from collections.abc import Callable
+
+    import pytest
 
     from runflow_callbacks.context import CallbackContext
     from runflow_callbacks.stores import CallbackStore
@@ -39,24 +39,6 @@ BODIES: dict[str, Callable[[], bytes]] = {
     "unknown event": unknown_body,
 }
 BEHAVIOURS = ["returns", "raises", "no handler for its event", "no handler at all"]
-
-
-@pytest.fixture(
-    params=[
-        "memory",
-        "sqlite",
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("postgres", marks=pytest.mark.postgres),
-    ]
-)
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "memory":
-        yield "memory://"
-    elif request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'callbacks.db'}"
-    else:
-        url: str = request.getfixturevalue(f"{request.param}_url")
-        yield url
 
 
 def _receiver(behaviour: str, store: CallbackStore | None) -> CallbackReceiver:

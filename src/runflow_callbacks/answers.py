@@ -25,7 +25,9 @@ Rejections of a request (before any handler), body ``{"error": code, "detail": t
        ``unexpected_payload``: FastAPI, a callback of another kind than the route takes
 401    ``missing_signature``, ``malformed_signature``, ``signature_mismatch``
 405    ``method_not_allowed``: any method but POST (with ``Allow: POST``)
+408    ``request_timeout``: the body did not arrive within ``body_timeout``
 413    ``payload_too_large``
+503    ``overloaded``: bodies not yet verified hold their whole budget (Runflow retries)
 =====  =========================================================================================
 
 No answer ever holds a secret, a computed signature, payload content or a handler's error text.
@@ -39,7 +41,9 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from runflow_callbacks.errors import (
     InvalidPayloadError,
+    OverloadedError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     RunflowCallbackError,
     StoreError,
     VerificationError,
@@ -175,7 +179,9 @@ def rejection(error: RunflowCallbackError) -> tuple[int, dict[str, str]]:
         status = 413
     elif isinstance(error, InvalidPayloadError):
         status = 400
-    elif isinstance(error, StoreError):
+    elif isinstance(error, RequestTimeoutError):
+        status = 408
+    elif isinstance(error, (StoreError, OverloadedError)):
         status = 503
     else:
         status = 500

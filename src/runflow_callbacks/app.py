@@ -51,21 +51,22 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_STORE_URL", "create_app", "load_handler"]
 
 
-def load_handler(spec: str) -> Handler:
+def load_handler(spec: str, *, flag: str = "--handler") -> Handler:
     """Import ``"package.module:function"`` (the current directory is importable).
 
-    Raises :class:`~runflow_callbacks.errors.ConfigurationError` saying what went wrong.
+    Raises :class:`~runflow_callbacks.errors.ConfigurationError` saying what went wrong, naming
+    ``flag`` (the command-line option the spec came from).
     """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise ConfigurationError(f"--handler must look like module:function, not {spec!r}")
+        raise ConfigurationError(f"{flag} must look like module:function, not {spec!r}")
     cwd = str(Path.cwd())
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ConfigurationError(f"cannot import handler module {module_name!r}: {error}") from None
+        raise ConfigurationError(f"{flag}: cannot import module {module_name!r}: {error}") from None
     target: Any = module
     for part in attribute.split("."):
         try:
@@ -125,6 +126,7 @@ def create_app(
                 async with receiver.worker():
                     yield
         finally:
+            await receiver.flush_rejections()
             await opened.close()
 
     app = Starlette(

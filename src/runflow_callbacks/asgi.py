@@ -36,7 +36,7 @@ from runflow_callbacks.context import STATE_KEY, CallbackContext, existing_callb
 from runflow_callbacks.defaults import DEFAULT_CALLBACK_PATH, DEFAULT_MAX_BODY_BYTES
 from runflow_callbacks.errors import ConfigurationError
 from runflow_callbacks.options import READER_OPTIONS, resolve
-from runflow_callbacks.reader import accept
+from runflow_callbacks.reader import UnverifiedBudget, accept
 from runflow_callbacks.verifier import Verifier
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class CallbackMiddleware:
     (``max_body_bytes``, ``allow_unsigned``, ``clock``), as keywords or ``options=``.
     """
 
-    __slots__ = ("app", "options", "paths", "verifier")
+    __slots__ = ("app", "budget", "options", "paths", "verifier")
 
     def __init__(
         self,
@@ -92,6 +92,7 @@ class CallbackMiddleware:
         self.app = app
         self.verifier = secrets if isinstance(secrets, Verifier) else Verifier(secrets)
         self.options = resolve(options, changes, allowed=READER_OPTIONS, who="CallbackMiddleware")
+        self.budget = UnverifiedBudget.of(self.options.max_unverified_bytes)
         self.paths = frozenset([path] if isinstance(path, str) else path)
         if not self.paths:
             raise ConfigurationError("CallbackMiddleware needs at least one callback path")
@@ -124,6 +125,7 @@ class CallbackMiddleware:
             logger=logger,
             started=started,
             rejected=self.rejected,
+            budget=self.budget,
         )
         if context is None:
             return

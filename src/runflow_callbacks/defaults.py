@@ -17,9 +17,12 @@ __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
     "DEFAULT_CALLBACK_PATH",
     "DEFAULT_HANDLER_TIMEOUT",
+    "DEFAULT_HEAD_TIMEOUT",
     "DEFAULT_LEASE",
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_TRIES",
+    "DEFAULT_MAX_UNVERIFIED_BYTES",
     "DEFAULT_NAMESPACE",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_STORE_URL",
@@ -36,6 +39,14 @@ __all__ = [
 DEFAULT_CALLBACK_PATH: Final = "/callbacks/runflow"
 #: 16 MiB: a batch callback carries every item's output inline, so it can be large.
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+#: How long a client may take to send a callback body once its headers arrived.
+DEFAULT_BODY_TIMEOUT: Final = timedelta(seconds=30)
+#: The most bytes of bodies not yet verified that one receiver holds at once (64 MiB).
+DEFAULT_MAX_UNVERIFIED_BYTES: Final = 64 * 1024 * 1024
+#: How long a client may take to send a request's head (serve).
+DEFAULT_HEAD_TIMEOUT: Final = timedelta(seconds=10)
+#: Concurrent connections and requests ``serve`` takes before answering 503.
+DEFAULT_MAX_CONNECTIONS: Final = 256
 #: How long a claim holds a callback before another replica may take it over.
 DEFAULT_LEASE: Final = timedelta(minutes=5)
 #: Handler tries before a callback moves to the dead letter.

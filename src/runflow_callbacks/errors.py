@@ -10,6 +10,8 @@
     │   └── SignatureMismatchError        well formed, but no configured secret produced it
     ├── InvalidPayloadError               verified bytes that are not a JSON object (answer 400)
     ├── PayloadTooLargeError              a body over ``max_body_bytes`` (answer 413)
+    ├── RequestTimeoutError               a body not complete within ``body_timeout`` (408)
+    ├── OverloadedError                   unverified bodies already hold their budget (503)
     ├── ClientDisconnectedError           the client left mid-body (control flow: nothing to answer)
     ├── StoreError                        a backend could not record or read a callback (503)
     │   └── UnknownCallbackError (LookupError)  no callback is recorded under ``key``
@@ -31,7 +33,9 @@ __all__ = [
     "InvalidPayloadError",
     "MalformedSignatureError",
     "MissingSignatureError",
+    "OverloadedError",
     "PayloadTooLargeError",
+    "RequestTimeoutError",
     "RunflowAPIError",
     "RunflowCallbackError",
     "SignatureMismatchError",
@@ -137,6 +141,31 @@ class PayloadTooLargeError(RunflowCallbackError):
         self.limit = limit
         self.received = received
         super().__init__(f"callback body exceeds the limit of {limit} bytes")
+
+
+class RequestTimeoutError(RunflowCallbackError):
+    """The body did not arrive within ``body_timeout`` (answer 408): a slow or stalled client
+    holds no memory and no connection slot for longer than that."""
+
+    code = "request_timeout"
+
+    def __init__(self, *, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(f"the callback body did not arrive within {timeout_s:g} s")
+
+
+class OverloadedError(RunflowCallbackError):
+    """The bodies not yet verified already hold ``max_unverified_bytes`` (answer 503, so
+    Runflow retries): unauthenticated requests cannot pin more memory than that."""
+
+    code = "overloaded"
+
+    def __init__(self, *, budget: int) -> None:
+        self.budget = budget
+        super().__init__(
+            f"too many callback bodies are being received at once (budget {budget} bytes); "
+            "retry later"
+        )
 
 
 class ClientDisconnectedError(RunflowCallbackError):

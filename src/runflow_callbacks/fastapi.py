@@ -49,7 +49,7 @@ from runflow_callbacks.context import STATE_KEY, CallbackContext, existing_callb
 from runflow_callbacks.errors import ConfigurationError, RunflowCallbackError
 from runflow_callbacks.models import CallbackPayload
 from runflow_callbacks.options import READER_OPTIONS, resolve
-from runflow_callbacks.reader import CallbackReader
+from runflow_callbacks.reader import CallbackReader, UnverifiedBudget, within
 from runflow_callbacks.verifier import Verifier
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class CallbackDependency:
     ``await request.body()`` in the route still returns the exact bytes.
     """
 
-    __slots__ = ("options", "verifier")
+    __slots__ = ("budget", "options", "verifier")
 
     def __init__(
         self,
@@ -89,6 +89,7 @@ class CallbackDependency:
     ) -> None:
         self.verifier = secrets if isinstance(secrets, Verifier) else Verifier(secrets)
         self.options = resolve(options, changes, allowed=READER_OPTIONS, who="CallbackDependency")
+        self.budget = UnverifiedBudget.of(self.options.max_unverified_bytes)
 
     @property
     def max_body_bytes(self) -> int:
@@ -109,12 +110,20 @@ class CallbackDependency:
         if request.method != "POST":
             raise HTTPException(405, detail=METHOD_NOT_ALLOWED, headers={"Allow": "POST"})
         started = time.perf_counter()
+        reader: CallbackReader | None = None
         try:
             reader = CallbackReader(
-                request.scope["headers"], verifier=self.verifier, options=self.options
+                request.scope["headers"],
+                verifier=self.verifier,
+                options=self.options,
+                budget=self.budget,
             )
-            async for chunk in request.stream():
-                reader.feed(chunk)
+            timeout = self.options.body_timeout
+            reading = _read(request, reader)
+            if timeout is None:
+                await reading
+            else:
+                await within(timeout.total_seconds(), reading)
             context = reader.finish()
         except ClientDisconnect:
             # Nobody is left to read this answer; it only ends the request without a 500.
@@ -127,6 +136,9 @@ class CallbackDependency:
             log_rejection(logger, error, status, request_id, started)
             await self.rejected(error)
             raise HTTPException(status, detail=content) from None
+        finally:
+            if reader is not None:
+                reader.release()
         request.scope.setdefault("state", {})[STATE_KEY] = context
         # Starlette caches the body here; with it, request.body() works in the route (the
         # stream was consumed above). Pinned by tests/test_fastapi.py.
@@ -158,6 +170,12 @@ class CallbackDependency:
 
         verified_payload.__name__ = f"runflow_{model.__name__}"
         return verified_payload
+
+
+async def _read(request: Request, reader: CallbackReader) -> bool:
+    async for chunk in request.stream():
+        reader.feed(chunk)
+    return True
 
 
 def _is_payload_model(model: object) -> bool:

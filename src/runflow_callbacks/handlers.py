@@ -24,7 +24,7 @@ from runflow_callbacks.errors import ConfigurationError
 if TYPE_CHECKING:
     from runflow_callbacks.context import CallbackContext
 
-__all__ = ["Handler", "HandlerTable"]
+__all__ = ["Handler", "HandlerTable", "Registered"]
 
 Handler = Union[  # noqa: UP007 - a runtime alias must work on Python 3.10
     Callable[["CallbackContext"], Awaitable[object]], Callable[["CallbackContext"], object]
@@ -46,7 +46,7 @@ def _check_event(name: object) -> None:
         raise ConfigurationError(f"an event name must be a non-empty str, not {name!r}")
 
 
-class _Entry:
+class Registered:
     """A registered handler and how to call it (decided once, at registration)."""
 
     __slots__ = ("handler", "is_async")
@@ -72,8 +72,8 @@ class HandlerTable:
     __slots__ = ("_by_event", "_fallback")
 
     def __init__(self, fallback: Handler | None = None) -> None:
-        self._by_event: dict[str, _Entry] = {}
-        self._fallback: _Entry | None = None if fallback is None else _Entry(fallback)
+        self._by_event: dict[str, Registered] = {}
+        self._fallback: Registered | None = None if fallback is None else Registered(fallback)
 
     def on(self, event: str, *events: str) -> Callable[[H], H]:
         """Register the decorated function as the handler of one or more events."""
@@ -83,7 +83,7 @@ class HandlerTable:
             self._check_free(name)
 
         def register(handler: H) -> H:
-            entry = _Entry(handler)
+            entry = Registered(handler)
             for name in names:
                 self._check_free(name)
             for name in names:
@@ -100,10 +100,10 @@ class HandlerTable:
         """Register the decorated function for every event that has no handler of its own."""
         if self._fallback is not None:
             raise ConfigurationError("an on_any handler is already registered")
-        self._fallback = _Entry(handler)
+        self._fallback = Registered(handler)
         return handler
 
-    def lookup(self, event: str | None) -> _Entry | None:
+    def lookup(self, event: str | None) -> Registered | None:
         """How to run the handler of ``event`` (None when no handler takes it)."""
         entry = self._by_event.get(event) if event is not None else None
         return self._fallback if entry is None else entry

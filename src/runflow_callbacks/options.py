@@ -9,26 +9,29 @@ options (:data:`READER_OPTIONS`). ``runflow-callbacks serve`` has a flag and an 
 variable for each option except ``clock`` (:mod:`runflow_callbacks.cli._options`; a test
 checks that none is missing).
 
-=====================  ===================  ==============================================
-option                 default              meaning
-=====================  ===================  ==============================================
-``max_body_bytes``     16 MiB               largest body read; larger is 413, unread
-``allow_unsigned``     False                accept requests *without* Runflow-Signature
-``clock``              ``utc_now``          ``received_at`` and every time the store keeps
-``mode``               ``"sync"``           ``"inbox"``: answer once recorded; a worker
-                                            runs the handler
-``lease``              5 minutes            how long a run holds its callback unrenewed
-``handler_timeout``    15 minutes           a longer run is cancelled and counted failed
-                                            (None: no limit)
-``max_tries``          8                    handler tries before the dead letter
-                                            (None: never)
-``backoff``            exponential, 2 s     tries -> delay before the next inbox retry
-                       doubling to 10 min
-``key``                ``default_key``      the idempotency key function
-                                            (:mod:`runflow_callbacks.keys`)
-``poll_interval``      1 second             how often an idle inbox worker looks for work
-``worker_batch_size``  16                   handlers an inbox worker runs at once
-=====================  ===================  ==============================================
+========================  ===================  ==============================================
+option                    default              meaning
+========================  ===================  ==============================================
+``max_body_bytes``        16 MiB               largest body read; larger is 413, unread
+``allow_unsigned``        False                accept requests *without* Runflow-Signature
+``body_timeout``          30 seconds           a body not complete by then is 408 (None: none)
+``max_unverified_bytes``  64 MiB               bodies not yet verified held at once; beyond,
+                                               503 (None: no budget)
+``clock``                 ``utc_now``          ``received_at`` and every time the store keeps
+``mode``                  ``"sync"``           ``"inbox"``: answer once recorded; a worker
+                                               runs the handler
+``lease``                 5 minutes            how long a run holds its callback unrenewed
+``handler_timeout``       15 minutes           a longer run is cancelled and counted failed
+                                               (None: no limit)
+``max_tries``             8                    handler tries before the dead letter
+                                               (None: never)
+``backoff``               exponential, 2 s     tries -> delay before the next inbox retry
+                          doubling to 10 min
+``key``                   ``default_key``      the idempotency key function
+                                               (:mod:`runflow_callbacks.keys`)
+``poll_interval``         1 second             how often an idle inbox worker looks for work
+``worker_batch_size``     16                   handlers an inbox worker runs at once
+========================  ===================  ==============================================
 """
 
 from __future__ import annotations
@@ -41,10 +44,12 @@ from typing import TYPE_CHECKING, Final, Literal, TypedDict
 
 from runflow_callbacks._time import utc_now
 from runflow_callbacks.defaults import (
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_HANDLER_TIMEOUT,
     DEFAULT_LEASE,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_TRIES,
+    DEFAULT_MAX_UNVERIFIED_BYTES,
     DEFAULT_POLL_INTERVAL,
 )
 from runflow_callbacks.errors import ConfigurationError
@@ -106,6 +111,8 @@ class ReceiverOptions:
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     allow_unsigned: bool = False
+    body_timeout: timedelta | None = DEFAULT_BODY_TIMEOUT
+    max_unverified_bytes: int | None = DEFAULT_MAX_UNVERIFIED_BYTES
     clock: Callable[[], datetime] = utc_now
     mode: Mode = "sync"
     lease: timedelta = DEFAULT_LEASE
@@ -123,6 +130,10 @@ class ReceiverOptions:
         _positive_int(self.max_body_bytes, "max_body_bytes", "bytes")
         if not isinstance(self.allow_unsigned, bool):
             raise ConfigurationError(f"allow_unsigned must be a bool, not {self.allow_unsigned!r}")
+        if self.body_timeout is not None:
+            _positive_duration(self.body_timeout, "body_timeout", or_none=True)
+        if self.max_unverified_bytes is not None:
+            _positive_int(self.max_unverified_bytes, "max_unverified_bytes", "bytes, or None")
         if self.mode not in {"sync", "inbox"}:
             raise ConfigurationError(f"mode must be 'sync' or 'inbox', not {self.mode!r}")
         _positive_duration(self.lease, "lease")
@@ -157,7 +168,9 @@ def _positive_duration(value: object, name: str, *, or_none: bool = False) -> No
 
 _FIELDS: Final = frozenset(item.name for item in dataclasses.fields(ReceiverOptions))
 #: The options of a front door that only reads and verifies (middleware, FastAPI dependency).
-READER_OPTIONS: Final = frozenset({"max_body_bytes", "allow_unsigned", "clock"})
+READER_OPTIONS: Final = frozenset(
+    {"max_body_bytes", "allow_unsigned", "body_timeout", "max_unverified_bytes", "clock"}
+)
 
 
 class ReaderArgs(TypedDict, total=False):
@@ -165,6 +178,8 @@ class ReaderArgs(TypedDict, total=False):
 
     max_body_bytes: int
     allow_unsigned: bool
+    body_timeout: timedelta | None
+    max_unverified_bytes: int | None
     clock: Callable[[], datetime]
 
 

@@ -75,7 +75,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from runflow_callbacks.context import RunSource
-    from runflow_callbacks.handlers import _Entry
+    from runflow_callbacks.handlers import Registered
     from runflow_callbacks.models import CallbackPayload
     from runflow_callbacks.options import ReceiverArgs
     from runflow_callbacks.stores import CallbackStore, State, StoredCallback
@@ -361,7 +361,7 @@ class CallbackProcessor:
         return Outcome("processed", key, attempt)
 
     async def _call_handler(
-        self, entry: _Entry, context: CallbackContext, key: str, token: str
+        self, entry: Registered, context: CallbackContext, key: str, token: str
     ) -> None:
         options = self.options
         timeout = options.handler_timeout

@@ -12,6 +12,8 @@ ASGI ``receive``, and :func:`accept` adds the method check and the answer to a r
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from typing import TYPE_CHECKING, Final
 
 from runflow_callbacks._log import header_request_id, log_rejection
@@ -22,7 +24,9 @@ from runflow_callbacks.errors import (
     InvalidPayloadError,
     MalformedSignatureError,
     MissingSignatureError,
+    OverloadedError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     RunflowCallbackError,
 )
 from runflow_callbacks.models import parse_callback
@@ -37,7 +41,7 @@ if TYPE_CHECKING:
     from runflow_callbacks.options import ReceiverOptions
     from runflow_callbacks.verifier import IncrementalVerifier, Verifier
 
-__all__ = ["CallbackReader", "accept", "read_callback"]
+__all__ = ["CallbackReader", "UnverifiedBudget", "accept", "read_callback", "within"]
 
 _SIGNATURE: Final = b"runflow-signature"
 _REQUEST_ID: Final = b"runflow-request-id"
@@ -51,14 +55,51 @@ _KEPT_HEADERS: Final = {
 _MAX_LENGTH_DIGITS: Final = 18
 
 
+class UnverifiedBudget:
+    """The bytes of bodies not yet verified that one front door holds at once.
+
+    Unauthenticated clients can send bodies slowly or stop one byte short; the budget bounds
+    the memory they can pin together. A request declaring a ``Content-Length`` takes its whole
+    share before its body is read; a chunked one takes it chunk by chunk. Beyond the budget the
+    answer is 503 (:class:`~runflow_callbacks.errors.OverloadedError`), so Runflow retries.
+    """
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    @classmethod
+    def of(cls, limit: int | None) -> UnverifiedBudget | None:
+        """A budget of ``limit`` bytes, or None (no budget) for None."""
+        return None if limit is None else cls(limit)
+
+    def take(self, size: int) -> None:
+        """Hold ``size`` more bytes, or raise :class:`OverloadedError` holding nothing."""
+        if self.held + size > self.limit:
+            raise OverloadedError(budget=self.limit)
+        self.held += size
+
+    def give(self, size: int) -> None:
+        """Give back bytes taken with :meth:`take`."""
+        self.held -= size
+
+
 class CallbackReader:
-    """Reads one callback: checks the headers, then verifies the body chunk by chunk."""
+    """Reads one callback: checks the headers, then verifies the body chunk by chunk.
+
+    With a ``budget``, the reader holds its bytes there until :meth:`release` (which the
+    front doors call whatever the outcome).
+    """
 
     __slots__ = (
+        "_budget",
         "_buffer",
         "_clock",
         "_expected",
         "_first",
+        "_held",
         "_incremental",
         "_limit",
         "_verifier",
@@ -73,6 +114,7 @@ class CallbackReader:
         *,
         verifier: Verifier,
         options: ReceiverOptions,
+        budget: UnverifiedBudget | None = None,
     ) -> None:
         headers: dict[str, str] = {}
         signature: str | None = None
@@ -104,6 +146,8 @@ class CallbackReader:
         self._buffer: bytearray | None = None
         self._incremental: IncrementalVerifier | None = None
         self.received = 0
+        self._budget = budget
+        self._held = 0
         # The header is parsed once, here: a malformed one is rejected before reading the body.
         if signature is None:
             if not options.allow_unsigned:
@@ -118,6 +162,16 @@ class CallbackReader:
                 raise InvalidPayloadError("the Content-Length header is not a decimal integer")
             if len(stripped) > _MAX_LENGTH_DIGITS or int(stripped) > limit:
                 raise PayloadTooLargeError(limit=limit)
+            if budget is not None:
+                declared = int(stripped)
+                budget.take(declared)
+                self._held = declared
+
+    def release(self) -> None:
+        """Give back what this reader holds of the budget (idempotent)."""
+        if self._held and self._budget is not None:
+            self._budget.give(self._held)
+        self._held = 0
 
     def feed(self, chunk: bytes) -> None:
         """Take the next chunk of the body (verified as it arrives, never beyond the limit)."""
@@ -127,6 +181,9 @@ class CallbackReader:
         if self.received > self._limit:
             self._first, self._buffer = b"", None
             raise PayloadTooLargeError(limit=self._limit, received=self.received)
+        if self.received > self._held and self._budget is not None:
+            self._budget.take(self.received - self._held)
+            self._held = self.received
         if self._buffer is not None:
             if self._incremental is not None:
                 self._incremental.update(chunk)
@@ -197,26 +254,30 @@ async def accept(
     logger: logging.Logger,
     started: float,
     rejected: Callable[[RunflowCallbackError], Awaitable[None]],
+    budget: UnverifiedBudget | None = None,
 ) -> CallbackContext | None:
     """The ASGI front half every front door shares: check the method, read and verify the
     callback, answer a rejection (logged once, reported to ``rejected``).
 
     Returns the context, also stored at ``scope["state"]["runflow_callback"]``; or None when
-    the request was answered already (405, 400, 401, 413) or the client left mid-body.
+    the request was answered already (405, 400, 401, 408, 413, 503) or the client left
+    mid-body. The body must arrive within ``options.body_timeout``; while it does, its bytes
+    are held in ``budget``.
     """
     if scope["method"] != "POST":
         await send_method_not_allowed(send)
         return None
+    reader: CallbackReader | None = None
     try:
-        reader = CallbackReader(scope["headers"], verifier=verifier, options=options)
-        while True:  # read_callback, inlined: this is every request's path
-            message = await receive()
-            if message["type"] != "http.request":
-                logger.debug("runflow callback abandoned: the client disconnected mid-body")
-                return None
-            reader.feed(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
+        reader = CallbackReader(scope["headers"], verifier=verifier, options=options, budget=budget)
+        timeout = options.body_timeout
+        if timeout is None:
+            complete = await _read_body(receive, reader)
+        else:
+            complete = await within(timeout.total_seconds(), _read_body(receive, reader))
+        if not complete:
+            logger.debug("runflow callback abandoned: the client disconnected mid-body")
+            return None
         context = reader.finish()
     except RunflowCallbackError as error:
         status, content = rejection(error)
@@ -224,5 +285,39 @@ async def accept(
         await rejected(error)
         await send_answer(send, status, content)
         return None
+    finally:
+        if reader is not None:
+            reader.release()
     scope.setdefault("state", {})[STATE_KEY] = context
     return context
+
+
+async def _read_body(receive: Receive, reader: CallbackReader) -> bool:
+    """Feed every body chunk to ``reader``; False when the client left first."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return False
+        reader.feed(message.get("body", b""))
+        if not message.get("more_body", False):
+            return True
+
+
+if sys.version_info >= (3, 11):
+
+    async def within(seconds: float, reading: Awaitable[bool]) -> bool:
+        """``await reading``, or :class:`RequestTimeoutError` after ``seconds``."""
+        # asyncio.timeout arms one timer on this task: no task per request, unlike wait_for.
+        try:
+            async with asyncio.timeout(seconds):
+                return await reading
+        except TimeoutError:
+            raise RequestTimeoutError(timeout_s=seconds) from None
+
+else:  # pragma: no cover - Python 3.10
+
+    async def within(seconds: float, reading: Awaitable[bool]) -> bool:
+        try:
+            return await asyncio.wait_for(reading, seconds)
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(timeout_s=seconds) from None

@@ -38,6 +38,7 @@ lifespan when the receiver is the whole app) runs the handlers, retrying failure
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -50,7 +51,7 @@ from runflow_callbacks.errors import ConfigurationError, StoreError
 from runflow_callbacks.handlers import Handler, HandlerTable
 from runflow_callbacks.options import resolve
 from runflow_callbacks.processing import CallbackProcessor
-from runflow_callbacks.reader import accept
+from runflow_callbacks.reader import UnverifiedBudget, accept
 from runflow_callbacks.verifier import Verifier
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FAILED",
     "PROCESSED",
+    "REJECTIONS_SAVED_EVERY_SECONDS",
     "STORE_UNAVAILABLE",
     "UNHANDLED",
     "CallbackReceiver",
@@ -87,6 +89,8 @@ UNHANDLED: Final = Outcome("unhandled")
 FAILED: Final = Outcome("failed")
 #: The store could not record the callback: 503, nothing was acknowledged.
 STORE_UNAVAILABLE: Final = Outcome("store_unavailable")
+#: Rejected requests are added to the store's count at most this often (one write).
+REJECTIONS_SAVED_EVERY_SECONDS: Final = 5.0
 
 
 class CallbackReceiver:
@@ -112,6 +116,7 @@ class CallbackReceiver:
     ) -> None:
         self.verifier = secrets if isinstance(secrets, Verifier) else Verifier(secrets)
         self.options = resolve(options, changes, who="CallbackReceiver")
+        self.budget = UnverifiedBudget.of(self.options.max_unverified_bytes)
         self.handlers = HandlerTable()
         self.store = store
         self.processor: CallbackProcessor | None = None
@@ -120,6 +125,11 @@ class CallbackReceiver:
         elif self.options.mode != "sync":
             raise ConfigurationError("mode='inbox' needs a store to keep the inbox in")
         self._worker_running = False
+        #: Requests answered 400, 401 or 413 since start, by error code (kept in memory).
+        self.rejections: collections.Counter[str] = collections.Counter()
+        self._unsaved = 0
+        self._saved_at = time.monotonic()
+        self._saving: asyncio.Task[None] | None = None
 
     # The reader options, by name (read-only).
     @property
@@ -168,14 +178,39 @@ class CallbackReceiver:
             return STORE_UNAVAILABLE
 
     async def rejected(self, error: RunflowCallbackError) -> None:
-        """Called once for each request answered 400, 401 or 413: counted in the store
-        (``stats().rejected``) when there is one. Override to count them elsewhere."""
+        """Called once for each request answered 400, 401 or 413. Counted in memory
+        (:attr:`rejections`, by code) and, with a store, added to ``stats().rejected`` in one
+        write every :data:`REJECTIONS_SAVED_EVERY_SECONDS` at most: a flood of forged requests
+        costs no store write per request. Override to count them elsewhere."""
+        self.rejections[error.code] += 1
         if self.store is None:
             return
+        self._unsaved += 1
+        if (
+            self._saving is None
+            and time.monotonic() - self._saved_at >= REJECTIONS_SAVED_EVERY_SECONDS
+        ):
+            self._saving = asyncio.create_task(self._save_rejections())
+
+    async def _save_rejections(self) -> None:
+        count, self._unsaved = self._unsaved, 0
+        self._saved_at = time.monotonic()
         try:
-            await self.store.note_rejected()
+            if count and self.store is not None:
+                await self.store.note_rejected(count)
         except StoreError as store_error:
-            logger.warning("could not count a rejected callback: %s", store_error)
+            self._unsaved += count  # kept for the next write
+            logger.warning("could not count %d rejected callbacks: %s", count, store_error)
+        finally:
+            self._saving = None
+
+    async def flush_rejections(self) -> None:
+        """Write the rejections counted since the last write to the store now (shutdown)."""
+        saving = self._saving
+        if saving is not None:
+            await saving
+        if self._unsaved:
+            await self._save_rejections()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -194,6 +229,7 @@ class CallbackReceiver:
                 logger=logger,
                 started=started,
                 rejected=self.rejected,
+                budget=self.budget,
             )
             if context is None:
                 return
@@ -233,11 +269,19 @@ class CallbackReceiver:
             stop.set()
             self._worker_running = False
             await task
+            await self.flush_rejections()
+
+    @contextlib.asynccontextmanager
+    async def _flushing(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.flush_rejections()
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Lifespan runs the worker (the receiver can be the whole app); websockets are refused."""
         if scope["type"] == "lifespan":
-            async with self.worker():
+            async with self.worker(), self._flushing():
                 while True:
                     message = await receive()
                     if message["type"] == "lifespan.startup":

@@ -22,7 +22,14 @@ if TYPE_CHECKING:
 
     from runflow_callbacks.options import ExponentialBackoff
 
-__all__ = ["add_receiver_options", "env_name", "option_flags", "options_from_args"]
+__all__ = [
+    "add_receiver_options",
+    "add_server_options",
+    "env_name",
+    "option_flags",
+    "options_from_args",
+    "server_bounds",
+]
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
@@ -113,6 +120,21 @@ _FLAGS: Final[dict[str, tuple[str, Callable[[str], Any], str | None, str, str]]]
         None,
         "off",
         "accept callbacks without Runflow-Signature (an org without a callback secret)",
+    ),
+    "body_timeout": (
+        "--body-timeout",
+        _duration_or_zero,
+        "SECONDS",
+        "30",
+        "how long a client may take to send a body once its headers arrived; later, 408 "
+        "(0: no limit)",
+    ),
+    "max_unverified_bytes": (
+        "--max-unverified-bytes",
+        _positive_or_zero,
+        "N",
+        "64 MiB",
+        "the most bytes of bodies not yet verified held at once; beyond, 503 (0: no budget)",
     ),
     "mode": (
         "--mode",
@@ -235,4 +257,38 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 #: Options whose 0 on the command line means "no limit" (None in the library).
-_ZERO_IS_NONE: Final = frozenset({"handler_timeout", "max_tries"})
+_ZERO_IS_NONE: Final = frozenset(
+    {"handler_timeout", "max_tries", "body_timeout", "max_unverified_bytes"}
+)
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """The bounds of the HTTP server itself (``serve``), each with its variable too."""
+    group = parser.add_argument_group(
+        "server bounds", "against slow or too many clients (see the README's 'Limits')"
+    )
+    head = os.environ.get(ENV_PREFIX + "HEAD_TIMEOUT", "10")
+    group.add_argument(
+        "--head-timeout",
+        type=_duration_or_zero,
+        default=head,
+        metavar="SECONDS",
+        help="how long a client may take to send a request's headers; later, 408 and the "
+        f"connection closed (0: no limit; default: ${ENV_PREFIX}HEAD_TIMEOUT, else 10)",
+    )
+    connections = os.environ.get(ENV_PREFIX + "MAX_CONNECTIONS", "256")
+    group.add_argument(
+        "--max-connections",
+        type=_positive_or_zero,
+        default=connections,
+        metavar="N",
+        help="concurrent connections and requests before answering 503 (0: no limit; "
+        f"default: ${ENV_PREFIX}MAX_CONNECTIONS, else 256)",
+    )
+
+
+def server_bounds(args: argparse.Namespace) -> tuple[timedelta | None, int | None]:
+    """``(head_timeout, max_connections)`` from :func:`add_server_options`' flags."""
+    head: timedelta = args.head_timeout
+    connections: int = args.max_connections
+    return (head or None), (connections or None)

@@ -24,7 +24,12 @@ from runflow_callbacks.cli._common import (
     add_store_options,
     secrets_from_args,
 )
-from runflow_callbacks.cli._options import add_receiver_options, options_from_args
+from runflow_callbacks.cli._options import (
+    add_receiver_options,
+    add_server_options,
+    options_from_args,
+    server_bounds,
+)
 from runflow_callbacks.defaults import DEFAULT_CALLBACK_PATH
 from runflow_callbacks.errors import ConfigurationError
 
@@ -65,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="log level (default: info)",
     )
     add_receiver_options(serve)
+    add_server_options(serve)
     serve.set_defaults(func=run_serve)
 
 
@@ -98,14 +104,20 @@ def run_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
+    from runflow_callbacks.serving import server_config  # noqa: PLC0415 - needs uvicorn
+
+    head_timeout, max_connections = server_bounds(args)
+    config = server_config(
         app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        head_timeout=head_timeout,
+        max_connections=max_connections,
         access_log=False,
         lifespan="on",
     )
+    uvicorn.Server(config).run()
     return 0
 
 
