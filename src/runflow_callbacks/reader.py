@@ -13,6 +13,7 @@ ASGI ``receive``, and :func:`accept` adds the method check and the answer to a r
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 from typing import TYPE_CHECKING, Final
 
@@ -140,10 +141,10 @@ class CallbackReader:
         self._clock = options.clock
         # A callback of one chunk (the usual case) is kept as is and verified in one call when
         # it completes. From the second chunk on, every chunk goes to the incremental verifier
-        # as it arrives and to one growing buffer, so a large body is held once plus one copy
-        # at the end, never as a list of chunks plus their join.
+        # as it arrives and into a BytesIO, whose getvalue() hands its own buffer over as the
+        # body without a copy: a large body is held once, never as chunks plus their join.
         self._first = b""
-        self._buffer: bytearray | None = None
+        self._buffer: io.BytesIO | None = None
         self._incremental: IncrementalVerifier | None = None
         self.received = 0
         self._budget = budget
@@ -187,14 +188,15 @@ class CallbackReader:
         if self._buffer is not None:
             if self._incremental is not None:
                 self._incremental.update(chunk)
-            self._buffer += chunk
+            self._buffer.write(chunk)
         elif self._first:
             if self._expected is not None:
                 self._incremental = self._verifier.incremental()
                 self._incremental.update(self._first)
                 self._incremental.update(chunk)
-            self._buffer = bytearray(self._first)
-            self._buffer += chunk
+            self._buffer = io.BytesIO()
+            self._buffer.write(self._first)
+            self._buffer.write(chunk)
             self._first = b""
         else:
             self._first = bytes(chunk)
@@ -204,8 +206,8 @@ class CallbackReader:
         if self._buffer is None:
             body = self._first
         else:
-            body = bytes(self._buffer)
-            self._buffer = None  # freed before parsing, which makes its own copies
+            body = self._buffer.getvalue()  # the buffer itself, not a copy
+            self._buffer = None
         self._first = b""
         secret = None
         if self._expected is not None:
