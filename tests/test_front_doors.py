@@ -8,7 +8,9 @@ from the one table in ``runflow_callbacks.answers``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
@@ -271,3 +273,37 @@ class Door:
 
     def close(self) -> None:
         self._stores.clear()
+
+
+async def _stalled_receive_after(first: bytes) -> Any:
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": first, "more_body": True}
+        await asyncio.sleep(3600)  # the client never sends the rest
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+@pytest.mark.parametrize("kind", ["middleware", "receiver", "receiver+store"])
+async def test_a_body_that_stalls_is_answered_408_after_body_timeout(kind: str) -> None:
+    from runflow_callbacks.options import ReceiverOptions
+
+    door = Door(kind)
+    app: Any = door.app
+    app.options = ReceiverOptions(max_body_bytes=LIMIT, body_timeout=timedelta(milliseconds=50))
+    body = batch_body()
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": PATH, "headers": signed(body)}
+    await asyncio.wait_for(app(scope, await _stalled_receive_after(body[:10]), send), 10)
+    assert sent[0]["status"] == 408
+    assert door.rejections == ["request_timeout"]
+    assert door.calls == []
