@@ -16,7 +16,7 @@ import httpx
 
 from asgi_driver import SECRET, batch_body, run_body
 from runflow_callbacks import CallbackReceiver, dumps_payload, sign
-from runflow_callbacks.stores import open_store
+from servers import open_in
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -90,8 +90,7 @@ async def test_every_callback_gets_the_same_answer_and_log_line_with_and_without
         plain_line = _line(caplog)
         # A fresh namespace per case, so every case is a first delivery.
         case_namespace = f"{namespace}_{len(compared)}"
-        kwargs = {} if store_url == "memory://" else {"namespace": case_namespace}
-        async with open_store(store_url, **kwargs) as store:
+        async with open_in(store_url, case_namespace) as store:
             stored = await _post(_receiver(behaviour, store), body)
             stored_line = _line(caplog)
         assert (stored.status_code, stored.json()) == (plain.status_code, plain.json()), (
@@ -111,8 +110,7 @@ async def test_a_callback_nobody_handled_runs_once_a_handler_for_its_event_exist
     store_url: str, namespace: str
 ) -> None:
     body = batch_body()
-    kwargs = {} if store_url == "memory://" else {"namespace": namespace}
-    async with open_store(store_url, **kwargs) as store:
+    async with open_in(store_url, namespace) as store:
         before = _receiver("no handler for its event", store)
         first = await _post(before, body)
         assert (first.status_code, first.json()) == (200, {"status": "unhandled"})
@@ -137,8 +135,7 @@ async def test_a_callback_nobody_handled_runs_once_a_handler_for_its_event_exist
 
 async def test_inbox_retry_runs_a_callback_nobody_handled(store_url: str, namespace: str) -> None:
     body = run_body()
-    kwargs = {} if store_url == "memory://" else {"namespace": namespace}
-    async with open_store(store_url, **kwargs) as store:
+    async with open_in(store_url, namespace) as store:
         assert (await _post(_receiver("no handler at all", store), body)).json() == {
             "status": "unhandled"
         }
@@ -155,8 +152,7 @@ async def test_inbox_retry_runs_a_callback_nobody_handled(store_url: str, namesp
 async def test_the_inbox_worker_keeps_what_no_handler_takes_as_unhandled(
     store_url: str, namespace: str
 ) -> None:
-    kwargs = {} if store_url == "memory://" else {"namespace": namespace}
-    async with open_store(store_url, **kwargs) as store:
+    async with open_in(store_url, namespace) as store:
         receiver = CallbackReceiver(secrets=SECRET, store=store, mode="inbox")
         receiver.on("batch.failed")(lambda context: None)
         answer = await _post(receiver, batch_body())

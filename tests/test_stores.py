@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import subprocess
 import sys
 import uuid
@@ -47,6 +48,34 @@ BATCH_ID = "0190f2a4-0000-7000-8000-000000000002"
 ODD_BYTES = (
     b'{"event": "batch.succeeded", "batch_id": "' + BATCH_ID.encode() + b'", "x": "\xff\xfe\x00"}'
 )
+
+
+# Strings JSON allows that UTF-8 (a lone surrogate) or PostgreSQL text (NUL) cannot hold as
+# they are, and look-alikes of the escaped form a backend may use for them.
+ODD_TEXTS = (
+    "lone \udcff surrogate",
+    "nul \x00 inside",
+    "line\u2028separator",
+    "emoji \U0001f389",
+    '\ufdd0"looks escaped"',
+    "\\u0000 backslash",
+)
+
+
+def odd_incoming(key: str, odd: str) -> IncomingCallback:
+    """A callback with ``odd`` in every text field and in a header value."""
+    return IncomingCallback(
+        key=key,
+        kind="batch",
+        subject_id=f"id-{odd}",
+        event=f"batch.{odd}",
+        body=b'{"event": "batch.\\udcff"}',
+        headers={"Runflow-Request-Id": odd, "X-Odd": f"v{odd}"},
+        secret_id=odd,
+        secret_label=odd,
+        request_id=odd,
+        received_at=T0,
+    )
 
 
 def incoming(
@@ -601,12 +630,82 @@ class TestStore:
         async with store as entered:
             assert entered is store
 
+    @pytest.mark.parametrize("odd", ODD_TEXTS, ids=ascii)
+    async def test_any_string_json_allows_is_kept_exactly_in_keys_ids_events_and_headers(
+        self, store: CallbackStore, odd: str
+    ) -> None:
+        key = f"batch:id-{odd}:batch.{odd}"
+        callback = odd_incoming(key, odd)
+        admission = await store.record_and_claim(callback, now=T0, lease=LEASE)
+        assert (admission.inserted, admission.acquired) == (True, True)
+        assert admission.token
+        # The key finds the same callback again: a duplicate, not a second record.
+        again = await store.record_and_claim(callback, now=T0, lease=LEASE)
+        assert (again.inserted, again.state, again.acquired) == (False, "processing", False)
+        record = await store.get(key)
+        assert record is not None
+        assert (record.key, record.subject_id, record.event) == (key, f"id-{odd}", f"batch.{odd}")
+        assert (record.secret_id, record.secret_label, record.request_id) == (odd, odd, odd)
+        assert dict(record.headers) == {"Runflow-Request-Id": odd, "X-Odd": f"v{odd}"}
+        assert record.deliveries == 2
+        # Every keyed operation reaches it.
+        assert await store.renew(key, admission.token, now=T0, lease=LEASE)
+        assert await store.fail(key, admission.token, now=T0, error=f"E: {odd}", retry_at=None)
+        failed = await store.get(key)
+        assert failed is not None
+        assert (failed.state, failed.last_error) == ("failed", f"E: {odd}")
+        claim = await store.claim(key, now=T0, lease=LEASE)
+        assert claim.token
+        assert claim.record.key == key
+        assert await store.release(key, claim.token, now=T0)
+        assert await store.reset_for_retry(key, now=T0)
+        [due] = await store.claim_due(now=T0, lease=LEASE, limit=10)
+        assert (due.record.key, due.record.event) == (key, f"batch.{odd}")
+        assert due.token
+        assert await store.complete(key, due.token, now=T0)
+        [listed] = await store.list_callbacks(state="processed")
+        assert listed == await store.get(key)
+        assert (listed.key, listed.subject_id, listed.headers["X-Odd"]) == (
+            key,
+            f"id-{odd}",
+            f"v{odd}",
+        )
+
+    async def test_odd_keys_are_distinct_from_each_other_and_from_their_plain_look_alikes(
+        self, store: CallbackStore
+    ) -> None:
+        look_alikes = ["lone  surrogate", "nul  inside", "\\udcff", "\\x00", '"\\udcff"']
+        # What an escaping backend might write for the first one, recorded as plain text.
+        look_alikes.append("\ufdd0" + json.dumps(ODD_TEXTS[0]))
+        keys = [*ODD_TEXTS, *look_alikes]
+        for key in keys:
+            assert (await store.record(odd_incoming(key, key))).inserted
+        assert sorted(record.key for record in await store.list_callbacks()) == sorted(keys)
+        for key in keys:
+            record = await store.get(key)
+            assert record is not None
+            assert (record.key, record.event, record.deliveries) == (key, f"batch.{key}", 1)
+
+    async def test_a_key_no_json_could_carry_two_surrogate_halves_is_kept_apart_from_the_pair(
+        self, store: CallbackStore
+    ) -> None:
+        # JSON reads "\ud83c\udf89" as one emoji, but a key function may build the two halves.
+        halves, emoji = "k-\ud83c\udf89", "k-\U0001f389"
+        for key in (halves, emoji):
+            callback = dataclasses.replace(odd_incoming(key, key), headers={})
+            assert (await store.record_and_claim(callback, now=T0, lease=LEASE)).acquired
+        for key in (halves, emoji):
+            record = await store.get(key)
+            assert record is not None
+            assert (record.key, record.subject_id, record.deliveries) == (key, f"id-{key}", 1)
+
 
 # --- backend-specific ----------------------------------------------------------------------
 
 
 async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "callbacks.db"
+    path.parent.mkdir()  # the store creates its file, never its directory
     async with open_store(f"sqlite:///{path}") as store:
         await store.record(incoming(body=ODD_BYTES))
     async with open_store(f"sqlite:///{path}") as store:

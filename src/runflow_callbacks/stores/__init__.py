@@ -17,7 +17,7 @@ Open one with :func:`open_store`::
 
 Opening does no I/O: tables (or keys) are created on first use, under ``namespace`` (the table
 name for SQL backends, the key prefix for Redis) so that several apps or tests can share one
-server.
+server. :func:`mask_url` shows a store URL without its password (store reprs and errors do so).
 
 Semantics (identical on every backend, tested by one shared suite):
 
@@ -104,6 +104,7 @@ __all__ = [
     "aware",
     "check_key",
     "default_key",
+    "mask_url",
     "open_store",
 ]
 
@@ -122,6 +123,8 @@ Source = Literal["delivery", "reconcile"]
 """How a callback reached the store: delivered by Runflow, or read back from its history."""
 
 _NAMESPACE: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+
+
 def check_lease(lease: object) -> timedelta:
     """A lease must be a positive duration."""
     if not isinstance(lease, timedelta) or lease <= timedelta(0):
@@ -422,24 +425,72 @@ def error_text(error: BaseException, *, max_chars: int = 2000) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 
+_QUERY_PASSWORD: Final = re.compile(r"([?&;]password=)([^&#;]*)", re.IGNORECASE)
+
+
+def _masked(url: str) -> tuple[str, set[str]]:
+    """``url`` with its passwords masked, and the passwords (as written and percent-decoded)."""
+    found = [match.group(2) for match in _QUERY_PASSWORD.finditer(url)]
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
+    head, sep, rest = url.partition("://")
+    if sep:
+        authority_end = min((rest.find(c) for c in "/?#" if c in rest), default=len(rest))
+        authority = rest[:authority_end]
+        # The authority's last "@" ends the user info (as urllib, libpq and redis-py read it).
+        # Without one, a password holding an unencoded "/", "?" or "#" puts its "@" further
+        # on: then everything up to the URL's last "@" is taken for the user info. Masking too
+        # much is the safe mistake.
+        at = authority.rfind("@") if "@" in authority else rest.rfind("@")
+        user, colon, password = rest[: max(at, 0)].partition(":")
+        if at > 0 and colon and password and not any(c in user for c in "/?#[]"):
+            found.append(password)
+            url = f"{head}://{user}:***{rest[at:]}"
+    return url, {secret for value in found for secret in (value, unquote(value)) if secret}
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: how to show a store URL.
+
+    Masks the password of the user info (``scheme://user:password@host``) and of a
+    ``password=`` query parameter (libpq and redis-py read both); everything else is left as
+    it is. An unparsable URL is masked too: whatever stands between ``://user:`` and the
+    ``@`` that ends the user info.
+
+    >>> mask_url("postgresql://app:s3cret@db:5432/app")
+    'postgresql://app:***@db:5432/app'
+    >>> mask_url("redis://:s3cret@cache:notaport/0")
+    'redis://:***@cache:notaport/0'
+    >>> mask_url("sqlite:///./runflow-callbacks.db")
+    'sqlite:///./runflow-callbacks.db'
+    """
+    return _masked(url)[0]
+
+
 def scrub(text: str, url: str) -> str:
-    """``text`` with the password of ``url`` masked (driver messages may echo connection info)."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return text
-    for secret in {password, unquote(password or "")} - {None, ""}:
-        text = text.replace(str(secret), "***")
+    """``text`` with every password of ``url`` masked: driver messages may echo the URL, or a
+    part of it, as written or percent-decoded."""
+    masked, secrets = _masked(url)
+    text = text.replace(url, masked)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
 
 
-def open_store(url: str, *, namespace: str = DEFAULT_NAMESPACE) -> CallbackStore:
+def open_store(
+    url: str, *, namespace: str = DEFAULT_NAMESPACE, create: bool = True
+) -> CallbackStore:
     """Open the store a URL names; no I/O happens until the first operation.
 
     ``memory://``, ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
     ``redis://`` or ``rediss://`` (any redis-py URL), ``postgresql://`` or ``postgres://``
-    (any libpq URL). Anything else raises :class:`~runflow_callbacks.errors.ConfigurationError`
-    (the message never repeats the URL, which may hold a password).
+    (any libpq URL). Anything else, or a Redis or PostgreSQL URL its driver cannot parse,
+    raises :class:`~runflow_callbacks.errors.ConfigurationError`; no message repeats the
+    password of the URL (:func:`mask_url` shows one safely).
+
+    ``create=False`` is for commands that only look at a store: a SQLite file that does not
+    exist is then a :class:`~runflow_callbacks.errors.StoreError` at first use instead of a new
+    empty database. (A SQLite file's directory is never created; Redis and PostgreSQL create
+    only their keys and tables, so ``create`` changes nothing for them.)
 
     >>> store = open_store("memory://")
     >>> type(store).__name__
@@ -461,7 +512,7 @@ def open_store(url: str, *, namespace: str = DEFAULT_NAMESPACE) -> CallbackStore
             raise ConfigurationError(
                 "a sqlite store URL needs a file: sqlite:///relative.db or sqlite:////abs.db"
             )
-        return SQLiteStore(path, namespace=namespace)
+        return SQLiteStore(path, namespace=namespace, create=create)
     if scheme in {"redis", "rediss", "unix"}:
         from runflow_callbacks.stores.redis import RedisStore  # noqa: PLC0415 - load only the backend asked for
 

@@ -93,27 +93,42 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
-def record_from_row(row: Any, moment: Callable[[Any], datetime | None]) -> StoredCallback:
-    """Build a record from a SQL row (``row["column"]``); ``moment`` converts time columns."""
+def _same(value: Any) -> Any:
+    return value
+
+
+def record_from_row(
+    row: Any,
+    moment: Callable[[Any], datetime | None],
+    text: Callable[[Any], str | None] = _same,
+) -> StoredCallback:
+    """Build a record from a SQL row (``row["column"]``).
+
+    ``moment`` converts time columns; ``text`` the columns that may hold any string (the key,
+    ids, event, labels and ``last_error``), which a backend may keep escaped (see ``_text``).
+    """
     received_at, updated_at = moment(row["received_at"]), moment(row["updated_at"])
     assert received_at is not None
     assert updated_at is not None
+    key, kind = text(row["key"]), text(row["kind"])
+    assert key is not None
+    assert kind is not None
     return StoredCallback(
-        key=row["key"],
-        kind=row["kind"],
-        subject_id=row["subject_id"],
-        event=row["event"],
+        key=key,
+        kind=kind,
+        subject_id=text(row["subject_id"]),
+        event=text(row["event"]),
         body=bytes(row["body"]),
         headers=json.loads(row["headers"]),
-        secret_id=row["secret_id"],
-        secret_label=row["secret_label"],
-        request_id=row["request_id"],
+        secret_id=text(row["secret_id"]),
+        secret_label=text(row["secret_label"]),
+        request_id=text(row["request_id"]),
         received_at=received_at,
         source=row["source"],
         state=row["state"],
         attempts=row["attempts"],
         deliveries=row["deliveries"],
-        last_error=row["last_error"],
+        last_error=text(row["last_error"]),
         next_attempt_at=moment(row["next_attempt_at"]),
         lease_expires_at=moment(row["lease_expires_at"]),
         processed_at=moment(row["processed_at"]),

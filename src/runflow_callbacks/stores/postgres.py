@@ -8,6 +8,12 @@ exactly one claimer wins), and ``claim_due`` takes due rows with ``FOR UPDATE SK
 that workers on several replicas share the work without waiting on each other. The table
 (named by ``namespace``) is created on first use, under an advisory lock so that replicas
 starting together do not race. Requires PostgreSQL 13 or newer.
+
+Connections wait in a small pool between operations. A PostgreSQL restart (or an idle timeout,
+or ``pg_terminate_backend``) ends them there; each is checked before a statement is written
+to it and replaced when the server has ended it, so the first request after a restart
+succeeds. A failure that still happens is retried once only when it certainly did not commit
+(see :meth:`PostgresStore._run`).
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ import asyncio
 import contextlib
 import json
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from runflow_callbacks.errors import StoreError
+from runflow_callbacks.errors import ConfigurationError, StoreError
 from runflow_callbacks.stores import (
     DEFAULT_NAMESPACE,
     Admission,
@@ -33,13 +39,17 @@ from runflow_callbacks.stores import (
     check_limit,
     check_namespace,
     check_state,
+    mask_url,
     scrub,
 )
+from runflow_callbacks.stores._net import readable_now
 from runflow_callbacks.stores._state import new_token, record_from_row
+from runflow_callbacks.stores._text import from_postgres, to_postgres
 
 try:
     import psycopg
     from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
     from psycopg.rows import dict_row
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError(
@@ -47,12 +57,18 @@ except ImportError as exc:  # pragma: no cover - only without the extra
     ) from exc
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import Awaitable, Callable
     from datetime import timedelta
 
     from runflow_callbacks.stores import IncomingCallback, State
 
 __all__ = ["PostgresStore"]
+
+T = TypeVar("T")
+Connection = psycopg.AsyncConnection[dict[str, Any]]
+# The SQLSTATE of a session the server ended while it waited for the next statement
+# (idle_session_timeout), so before it read ours.
+_ENDED_WHILE_IDLE: Final = frozenset({"57P05"})
 
 _COLUMNS: Final = (
     "key",
@@ -147,7 +163,46 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 
 def _to_record(row: dict[str, Any]) -> StoredCallback:
-    return record_from_row(row, _utc)
+    return record_from_row(row, _utc, from_postgres)
+
+
+def _text_params(incoming: IncomingCallback) -> dict[str, Any]:
+    """The text columns of ``incoming``, as ``text`` can hold them (see ``_text``)."""
+    return {
+        "key": to_postgres(incoming.key),
+        "kind": to_postgres(incoming.kind),
+        "subject_id": to_postgres(incoming.subject_id),
+        "event": to_postgres(incoming.event),
+        "headers": json.dumps(dict(incoming.headers)),  # ASCII: odd characters are escaped
+        "secret_id": to_postgres(incoming.secret_id),
+        "secret_label": to_postgres(incoming.secret_label),
+        "request_id": to_postgres(incoming.request_id),
+    }
+
+
+def _certainly_not_committed(error: BaseException, *, read_only: bool) -> bool:
+    """Whether the try that failed with ``error`` (its connection broken) cannot have committed.
+
+    Every operation is one statement in autocommit mode. A read commits nothing. psycopg
+    raises ``InterfaceError`` before it sends anything. A session the server ended while idle
+    never read the statement. Anything else may have failed after PostgreSQL committed the
+    statement and before its answer arrived (a crash, a kill, a cut network, a shutdown that
+    ends the session just after the commit): sending it again could, say, count a delivery
+    twice, so the caller gets the error instead (Runflow delivers again later).
+    """
+    if read_only or isinstance(error, psycopg.InterfaceError):
+        return True
+    return isinstance(error, psycopg.OperationalError) and error.sqlstate in _ENDED_WHILE_IDLE
+
+
+def _ended_by_server(connection: Connection) -> bool:
+    """Whether the server has ended the idle ``connection`` (see ``readable_now``)."""
+    if connection.closed:
+        return True
+    try:
+        return readable_now(connection.fileno())
+    except (psycopg.Error, OSError, ValueError):
+        return True
 
 
 class PostgresStore(StoreBase):
@@ -163,8 +218,15 @@ class PostgresStore(StoreBase):
     ) -> None:
         self.namespace = check_namespace(namespace)
         check_limit(max_connections, name="max_connections")
+        problem = None
+        try:
+            conninfo_to_dict(url)  # libpq's own parser, no I/O: a malformed URL fails here
+        except psycopg.Error as exc:  # libpq echoes the URL: scrub() masks its password
+            problem = scrub(str(exc).strip(), url)
+        if problem is not None:  # raised outside the handler: no chained driver message
+            raise ConfigurationError(f"invalid PostgreSQL store URL {mask_url(url)!r} ({problem})")
         self._url = url
-        self._idle: list[psycopg.AsyncConnection[dict[str, Any]]] = []
+        self._idle: list[Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
         self._ready = False
         self._ready_lock = asyncio.Lock()
@@ -177,11 +239,11 @@ class PostgresStore(StoreBase):
         self._admit_claim = self._q(_ADMIT, takes=sql.SQL(_CLAIMABLE))
 
     def __repr__(self) -> str:
-        return f"PostgresStore(namespace={self.namespace!r})"  # the URL may hold a password
+        return f"PostgresStore({mask_url(self._url)!r}, namespace={self.namespace!r})"
 
     # --- plumbing ----------------------------------------------------------------------
 
-    async def _connect(self) -> psycopg.AsyncConnection[dict[str, Any]]:
+    async def _connect(self) -> Connection:
         options: dict[str, Any] = {}
         if "connect_timeout" not in self._url:
             options["connect_timeout"] = 10
@@ -189,32 +251,74 @@ class PostgresStore(StoreBase):
             self._url, autocommit=True, row_factory=dict_row, **options
         )
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+    async def _lend(self) -> tuple[Connection, bool]:
+        """A connection to run one statement on, and whether it comes from the pool.
+
+        A pooled connection the server has ended while it waited (a restart, an idle timeout)
+        is closed before anything is written to it, and the next one tried.
+        """
+        while self._idle:
+            connection = self._idle.pop()
+            if not _ended_by_server(connection):
+                return connection, True
+            await self._discard(connection)
+        return await self._connect(), False
+
+    @staticmethod
+    async def _discard(connection: Connection) -> None:
+        with contextlib.suppress(psycopg.Error, OSError):
+            await connection.close()
+
+    async def _run(self, operation: Callable[[Connection], Awaitable[T]], *, read_only: bool) -> T:
+        """Run ``operation`` (one statement) on a connection of the pool.
+
+        psycopg errors become :class:`StoreError` (without the URL's password). When the
+        connection broke under a try and came from the pool (it had been idle, so the server
+        may have ended it just now), the operation is retried once on a fresh connection if
+        the failed try certainly did not commit (:func:`_certainly_not_committed`: ``read_only``
+        operations, and failures before the statement reached the server). Nothing is retried
+        twice, and nothing that failed on a fresh connection or on a working one (a constraint,
+        a syntax error: the connection is still open).
+        """
         if self._closed:
             raise RuntimeError("this store is closed")
+        failure: Exception | None = None
         async with self._slots:
-            connection = None
-            try:
-                connection = self._idle.pop() if self._idle else await self._connect()
-                if not self._ready:
-                    await self._create_schema(connection)
-                yield connection
-            except psycopg.Error as exc:
-                if connection is not None:
-                    await connection.close()
-                    connection = None
-                raise StoreError(
-                    f"PostgreSQL store error: {type(exc).__name__}: {scrub(str(exc), self._url)}"
-                ) from None
-            finally:
-                if connection is not None:
-                    if connection.closed or self._closed:
-                        await connection.close()
-                    else:
-                        self._idle.append(connection)
+            for retry in (False, True):
+                connection, reused = None, False
+                try:
+                    connection, reused = await self._lend()
+                    if not self._ready:
+                        await self._create_schema(connection)
+                    result = await operation(connection)
+                except (psycopg.Error, OSError) as exc:
+                    broken = connection is None or connection.closed
+                    if connection is not None:
+                        await self._discard(connection)
+                    if (
+                        not retry
+                        and reused
+                        and broken
+                        and _certainly_not_committed(exc, read_only=read_only)
+                    ):
+                        continue
+                    failure = exc
+                    break
+                except BaseException:
+                    if connection is not None:  # cancelled mid-statement: its state is unknown
+                        await self._discard(connection)
+                    raise
+                if connection.closed or self._closed:
+                    await self._discard(connection)
+                else:
+                    self._idle.append(connection)
+                return result
+        assert failure is not None
+        # Raised outside the handler, so no driver message rides along as its context.
+        text = " ".join(scrub(str(failure), self._url).split())  # libpq adds indented hints
+        raise StoreError(f"PostgreSQL store error: {type(failure).__name__}: {text}")
 
-    async def _create_schema(self, connection: psycopg.AsyncConnection[dict[str, Any]]) -> None:
+    async def _create_schema(self, connection: Connection) -> None:
         async with self._ready_lock:
             if self._ready:
                 return
@@ -231,15 +335,21 @@ class PostgresStore(StoreBase):
                 await connection.execute(schema)
             self._ready = True
 
-    async def _fetch(self, query: sql.Composed, params: Any = None) -> list[dict[str, Any]]:
-        async with self._connection() as connection:
+    async def _fetch(
+        self, query: sql.Composed, params: Any = None, *, read_only: bool = False
+    ) -> list[dict[str, Any]]:
+        async def fetch(connection: Connection) -> list[dict[str, Any]]:
             cursor = await connection.execute(query, params)
             return await cursor.fetchall() if cursor.description else []
 
+        return await self._run(fetch, read_only=read_only)
+
     async def _rowcount(self, query: sql.Composed, params: Any) -> int:
-        async with self._connection() as connection:
+        async def rowcount(connection: Connection) -> int:
             cursor = await connection.execute(query, params)
             return int(cursor.rowcount)
+
+        return await self._run(rowcount, read_only=False)
 
     def _q(self, text: str, **parts: sql.Composable) -> sql.Composed:
         return sql.SQL(text).format(
@@ -247,7 +357,11 @@ class PostgresStore(StoreBase):
         )
 
     async def _select(self, key: str) -> dict[str, Any] | None:
-        rows = await self._fetch(self._q("SELECT {columns} FROM {table} WHERE key = %s"), (key,))
+        rows = await self._fetch(
+            self._q("SELECT {columns} FROM {table} WHERE key = %s"),
+            (to_postgres(key),),
+            read_only=True,
+        )
         return rows[0] if rows else None
 
     async def _must_exist(self, key: str) -> None:
@@ -271,15 +385,8 @@ class PostgresStore(StoreBase):
         rows = await self._fetch(
             query,
             {
-                "key": incoming.key,
-                "kind": incoming.kind,
-                "subject_id": incoming.subject_id,
-                "event": incoming.event,
+                **_text_params(incoming),
                 "body": bytes(incoming.body),
-                "headers": json.dumps(dict(incoming.headers)),
-                "secret_id": incoming.secret_id,
-                "secret_label": incoming.secret_label,
-                "request_id": incoming.request_id,
                 "at": received_at,
                 "source": incoming.source,
                 "deliveries": 1 if incoming.source == "delivery" else 0,
@@ -296,15 +403,8 @@ class PostgresStore(StoreBase):
         token = None if lease is None else new_token()
         expires = None if lease is None else now + lease
         params = {
-            "key": incoming.key,
-            "kind": incoming.kind,
-            "subject_id": incoming.subject_id,
-            "event": incoming.event,
+            **_text_params(incoming),
             "body": bytes(incoming.body),
-            "headers": json.dumps(dict(incoming.headers)),
-            "secret_id": incoming.secret_id,
-            "secret_label": incoming.secret_label,
-            "request_id": incoming.request_id,
             "at": received_at,
             "source": incoming.source,
             "state": "received" if lease is None else "processing",
@@ -334,7 +434,7 @@ class PostgresStore(StoreBase):
             token=sql.Placeholder("token"),
         )
         rows = await self._fetch(
-            query, {"key": key, "now": now, "expires": now + lease, "token": token}
+            query, {"key": to_postgres(key), "now": now, "expires": now + lease, "token": token}
         )
         if rows:
             return Claim(_to_record(rows[0]), token)
@@ -349,7 +449,7 @@ class PostgresStore(StoreBase):
             + assignments
             + " WHERE key = %(key)s AND state = 'processing' AND lease_token = %(token)s"
         )
-        if await self._rowcount(query, {**params, "key": key, "token": token}) == 1:
+        if await self._rowcount(query, {**params, "key": to_postgres(key), "token": token}) == 1:
             return True
         await self._must_exist(key)
         return False
@@ -391,7 +491,7 @@ class PostgresStore(StoreBase):
             " due_at = %(due)s, updated_at = %(now)s, lease_token = NULL, lease_expires_at = NULL",
             {
                 "state": "dead" if dead else "failed",
-                "error": error,
+                "error": to_postgres(error),
                 "retry": retry,
                 "due": None if dead else (retry or now),
                 "now": now,
@@ -409,7 +509,9 @@ class PostgresStore(StoreBase):
             "SELECT EXISTS (SELECT FROM released) AS released,"
             " EXISTS (SELECT FROM {table} WHERE key = %(key)s) AS known"
         )
-        [row] = await self._fetch(query, {"key": key, "token": token, "now": aware(now)})
+        [row] = await self._fetch(
+            query, {"key": to_postgres(key), "token": token, "now": aware(now)}
+        )
         if not row["known"]:
             raise UnknownCallbackError(key)
         return bool(row["released"])
@@ -442,7 +544,7 @@ class PostgresStore(StoreBase):
             "SELECT {columns} FROM {table} WHERE (%(state)s::text IS NULL OR state = %(state)s)"
             " ORDER BY received_at, key LIMIT %(limit)s"
         )
-        rows = await self._fetch(query, {"state": state, "limit": limit})
+        rows = await self._fetch(query, {"state": state, "limit": limit}, read_only=True)
         return [_to_record(row) for row in rows]
 
     async def stats(self) -> StoreStats:
@@ -460,7 +562,7 @@ class PostgresStore(StoreBase):
             " AS rejected FROM {table}",
             counters=sql.Identifier(f"{self.namespace}_counters"),
         )
-        [row] = await self._fetch(query)
+        [row] = await self._fetch(query, read_only=True)
         return StoreStats(**{name: int(value) for name, value in row.items()})
 
     async def note_rejected(self, count: int = 1) -> None:
@@ -479,7 +581,7 @@ class PostgresStore(StoreBase):
             " updated_at = %(now)s WHERE key = %(key)s AND state <> 'processed' AND"
             " (state <> 'processing' OR lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
         )
-        if await self._rowcount(query, {"key": key, "now": aware(now)}) == 1:
+        if await self._rowcount(query, {"key": to_postgres(key), "now": aware(now)}) == 1:
             return True
         await self._must_exist(key)
         return False

@@ -12,16 +12,26 @@ A single Redis node (or a primary with replicas) is expected; the scripts touch 
 one namespace, which Redis Cluster would need in one hash slot. Durability is Redis's own:
 configure ``appendonly yes`` (with ``appendfsync everysec`` or ``always``) so that a recorded
 callback survives a Redis restart.
+
+A Redis restart (or an idle timeout, or a ``CLIENT KILL``) leaves the pooled connections dead.
+Before a pooled connection is written to, the kernel is asked whether the server has closed it
+(:func:`~runflow_callbacks.stores._net.readable_now`); a dead one is replaced by a fresh one,
+so the first request after a restart succeeds. An operation that still fails with a connection
+error on a connection taken from the pool is retried once, on a fresh connection, only when
+that cannot run it twice: a read, or a write whose command was never sent in full (see
+:meth:`RedisStore._call`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from runflow_callbacks.errors import StoreError
+from runflow_callbacks.errors import ConfigurationError, StoreError
 from runflow_callbacks.stores import (
     DEFAULT_NAMESPACE,
     Admission,
@@ -36,13 +46,26 @@ from runflow_callbacks.stores import (
     check_limit,
     check_namespace,
     check_state,
+    mask_url,
     scrub,
 )
+from runflow_callbacks.stores._net import readable_now
 from runflow_callbacks.stores._state import from_us, new_token, record_from_row, to_us
+from runflow_callbacks.stores._text import from_redis
 
 try:
     import redis.asyncio as redis_asyncio
-    from redis.exceptions import RedisError
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import (
+        AuthenticationError,
+        AuthorizationError,
+        BusyLoadingError,
+        MaxConnectionsError,
+        RedisError,
+    )
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError(
         "the Redis store needs redis-py: pip install 'runflow-callbacks[redis]'"
@@ -51,6 +74,8 @@ except ImportError as exc:  # pragma: no cover - only without the extra
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from datetime import datetime
+
+    from redis.asyncio.connection import AbstractConnection
 
     from runflow_callbacks.stores import IncomingCallback, State
 
@@ -307,14 +332,93 @@ def _to_record(key: str, fields: dict[str, str], body: bytes) -> StoredCallback:
 
 
 def _from_script(key: str, snapshot: list[bytes]) -> StoredCallback:
-    """A record from a script's ``snapshot()``: ``[JSON of the fields, body]``."""
-    return _to_record(key, json.loads(snapshot[0]), snapshot[1])
+    """A record from a script's ``snapshot()``: ``[JSON of the fields, body]``.
+
+    cjson copies the bytes of a string as they are (escaping only control characters), so the
+    JSON is decoded as every stored string is (``from_redis``) before it is parsed.
+    """
+    return _to_record(key, json.loads(from_redis(snapshot[0])), snapshot[1])
 
 
 def _from_hash(key: str, raw: dict[bytes, bytes]) -> StoredCallback:
     """A record from redis-py's ``HGETALL`` answer."""
-    fields = {name.decode(): value.decode() for name, value in raw.items() if name != b"body"}
+    fields = {from_redis(name): from_redis(value) for name, value in raw.items() if name != b"body"}
     return _to_record(key, fields, raw[b"body"])
+
+
+# --- reconnecting -------------------------------------------------------------------------
+
+
+@dataclass
+class _Attempt:
+    """What one try of an operation did, as the pool and the connections report it."""
+
+    reused: bool = False  # it ran on a pooled connection (one that had been idle)
+    sent: bool = False  # a command of it was written out in full
+
+
+# The try in progress in this task: redis-py runs a command in the caller's task, so the pool
+# and the connection below see the object the operation set.
+_ATTEMPT: Final[contextvars.ContextVar[_Attempt | None]] = contextvars.ContextVar(
+    "runflow_callbacks_redis_attempt", default=None
+)
+# Connection errors that are answers, or no connection at all: a retry would change nothing.
+_NOT_RETRIED: Final = (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    MaxConnectionsError,
+)
+
+
+_REPORTING: Final[dict[type[Any], type[Any]]] = {}
+
+
+def _reporting(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``base`` (the connection class the URL asks for) reporting every command it has sent."""
+    if base in _REPORTING:
+        return _REPORTING[base]
+
+    class Reporting(base):  # type: ignore[misc,valid-type] # a class chosen at run time
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            await super().send_packed_command(command, check_health)
+            attempt = _ATTEMPT.get()
+            if attempt is not None:
+                attempt.sent = True
+
+    Reporting.__name__ = Reporting.__qualname__ = f"Reporting{base.__name__}"
+    _REPORTING[base] = Reporting
+    return Reporting
+
+
+class _Pool(redis_asyncio.BlockingConnectionPool):
+    """redis-py's blocking pool, checking that a pooled connection is alive before lending it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.connection_class = _reporting(self.connection_class)
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        # redis-py checks the connection's read buffer, which only the event loop fills: after
+        # a restart it may not have looked at the socket yet, and the request would go out on
+        # a dead connection. The kernel knows; ask it (no I/O, no wait).
+        if connection.is_connected and _closed_by_server(connection):
+            await connection.disconnect()
+        attempt = _ATTEMPT.get()
+        if attempt is not None:
+            attempt.reused = connection.is_connected
+        await super().ensure_connection(connection)
+
+
+def _closed_by_server(connection: AbstractConnection) -> bool:
+    writer = getattr(connection, "_writer", None)  # redis-py keeps its stream there
+    sock = None if writer is None else writer.get_extra_info("socket")
+    if sock is None:
+        return False  # nothing to ask: redis-py's own check stays
+    try:
+        return readable_now(sock.fileno())
+    except (OSError, ValueError):
+        return True
 
 
 class RedisStore(StoreBase):
@@ -335,11 +439,26 @@ class RedisStore(StoreBase):
         self.namespace = check_namespace(namespace)
         check_limit(max_connections, name="max_connections")
         self._url = url
-        # A blocking pool: a burst above max_connections waits for a free connection (up to
-        # connection_wait) instead of failing at once.
-        pool = redis_asyncio.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=connection_wait.total_seconds()
-        )
+        problem = None
+        try:
+            # A blocking pool: a burst above max_connections waits for a free connection (up
+            # to connection_wait) instead of failing at once.
+            pool = _Pool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=connection_wait.total_seconds(),
+                # Any string JSON allows, a lone surrogate too, is sent as these bytes and read
+                # back with from_redis: plain UTF-8 for everything UTF-8 can encode.
+                encoding="utf-8",
+                encoding_errors="surrogatepass",
+                # The store decides what is retried (see _call): redis-py would resend a
+                # command whose answer was lost, which could run a script twice.
+                retry=Retry(NoBackoff(), 0),
+            )
+        except (ValueError, TypeError, RedisError) as exc:  # redis-py parses the URL here
+            problem = f"{type(exc).__name__}: {scrub(str(exc), url)}"
+        if problem is not None:  # raised outside the handler: no chained driver message
+            raise ConfigurationError(f"invalid Redis store URL {mask_url(url)!r} ({problem})")
         self._client: Any = redis_asyncio.Redis(connection_pool=pool, decode_responses=False)
         prefix = f"{self.namespace}:"
         self._hash_prefix = f"{prefix}cb:"
@@ -360,20 +479,51 @@ class RedisStore(StoreBase):
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"RedisStore(namespace={self.namespace!r})"  # the URL may hold a password
+        return f"RedisStore({mask_url(self._url)!r}, namespace={self.namespace!r})"
 
     def _hash(self, key: str) -> str:
         return self._hash_prefix + key
 
-    async def _call(self, work: Callable[[], Awaitable[Any]]) -> Any:
+    async def _call(self, work: Callable[[], Awaitable[Any]], *, read_only: bool = False) -> Any:
+        """Run ``work`` (one script, command or pipeline) and turn driver errors into
+        :class:`StoreError` (without the URL's password).
+
+        A connection error (``ConnectionError``/``TimeoutError``) on a connection taken from the
+        pool is retried once, on a fresh connection, when the failed try certainly changed
+        nothing: ``work`` is a read (``read_only``), or its command was never written out in
+        full. Redis runs a command only once all of it has arrived, and every write here is
+        one command (one script, atomic on the server), so a command that failed while being
+        sent did not run. Once sent, its answer may have been lost after it ran: that is never
+        retried (the caller gets StoreError, and Runflow delivers again later). Nothing else
+        is retried, and nothing twice.
+        """
         if self._closed:
             raise RuntimeError("this store is closed")
-        try:
-            return await work()
-        except RedisError as exc:
-            # redis-py messages name host and port, never the password.
-            text = scrub(str(exc), self._url)
-            raise StoreError(f"Redis store error: {type(exc).__name__}: {text}") from None
+        error: RedisError | None = None
+        for retry in (False, True):
+            attempt = _Attempt()
+            token = _ATTEMPT.set(attempt)
+            try:
+                return await work()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if (
+                    not retry
+                    and attempt.reused
+                    and (read_only or not attempt.sent)
+                    and not isinstance(exc, _NOT_RETRIED)
+                ):
+                    continue
+                error = exc
+            except RedisError as exc:
+                error = exc
+            finally:
+                _ATTEMPT.reset(token)
+            break
+        assert error is not None
+        # Raised outside the handler, so no driver message rides along as its context.
+        # redis-py messages name host and port, not the password; scrub() makes sure.
+        text = " ".join(scrub(str(error), self._url).split())
+        raise StoreError(f"Redis store error: {type(error).__name__}: {text}")
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         script = self._scripts[name]
@@ -480,11 +630,13 @@ class RedisStore(StoreBase):
             [self._hash_prefix, to_us(now), to_us(now + lease), limit, *tokens],
         )
         return [
-            Claim(_from_script(key.decode(), flat), token.decode()) for key, token, flat in taken
+            Claim(_from_script(from_redis(key), flat), token.decode()) for key, token, flat in taken
         ]
 
     async def get(self, key: str) -> StoredCallback | None:
-        flat = await self._call(lambda: self._client.execute_command("HGETALL", self._hash(key)))
+        flat = await self._call(
+            lambda: self._client.execute_command("HGETALL", self._hash(key)), read_only=True
+        )
         return _from_hash(key, flat) if flat else None
 
     async def list_callbacks(
@@ -496,7 +648,8 @@ class RedisStore(StoreBase):
         start, page = 0, 500
         while limit is None or len(found) < limit:
             keys: list[bytes] = await self._call(
-                functools.partial(self._client.zrange, self._order, start, start + page - 1)
+                functools.partial(self._client.zrange, self._order, start, start + page - 1),
+                read_only=True,
             )
             if not keys:
                 break
@@ -505,18 +658,18 @@ class RedisStore(StoreBase):
             async def fetch(keys: list[bytes] = keys) -> list[Any]:
                 async with self._client.pipeline(transaction=False) as pipe:
                     for key in keys:
-                        pipe.execute_command("HGETALL", self._hash(key.decode()))
+                        pipe.execute_command("HGETALL", self._hash_prefix.encode() + key)
                     return list(await pipe.execute())
 
-            for key, flat in zip(keys, await self._call(fetch), strict=True):
+            for key, flat in zip(keys, await self._call(fetch, read_only=True), strict=True):
                 if flat:
-                    record = _from_hash(key.decode(), flat)
+                    record = _from_hash(from_redis(key), flat)
                     if state is None or record.state == state:
                         found.append(record)
         return found if limit is None else found[:limit]
 
     async def stats(self) -> StoreStats:
-        raw = await self._call(lambda: self._client.hgetall(self._stats))
+        raw = await self._call(lambda: self._client.hgetall(self._stats), read_only=True)
         counts = {name.decode(): int(value) for name, value in raw.items()}
         return StoreStats(
             received=counts.get("received", 0),

@@ -4,8 +4,11 @@ Uses the standard library's ``sqlite3`` on one private worker thread per store (
 loop never blocks and the connection is never shared between threads), the WAL journal (readers
 never wait for the writer), ``synchronous=FULL`` (a recorded callback survives a power cut) and
 ``BEGIN IMMEDIATE`` for every read-modify-write, so that two processes claiming the same key
-serialize on SQLite's write lock and exactly one wins. A busy database is waited on for up to
-``busy_timeout`` before :class:`~runflow_callbacks.errors.StoreError` is raised.
+serialize on SQLite's write lock and exactly one wins. A busy database (another connection
+holds the lock SQLite needs) is waited on for up to ``busy_timeout`` before
+:class:`~runflow_callbacks.errors.StoreError` is raised; any other failure (a read-only file, a
+file that is no database, a missing directory, a permission error) raises it at once, with a
+one-line message that names the file but not its directory.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from runflow_callbacks.stores._state import (
     resettable,
     to_us,
 )
+from runflow_callbacks.stores._text import from_sqlite, to_sqlite
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,6 +56,30 @@ if TYPE_CHECKING:
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
+# SQLite's primary result codes (stable C API constants; the sqlite3 module names them only
+# from Python 3.11 on, as it gives them to exceptions as ``sqlite_errorcode``).
+_PERM: Final = 3
+_BUSY: Final = 5
+_LOCKED: Final = 6
+_READONLY: Final = 8
+_IOERR: Final = 10
+_CORRUPT: Final = 11
+_FULL: Final = 13
+_CANTOPEN: Final = 14
+_AUTH: Final = 23
+_NOTADB: Final = 26
+_BY_MESSAGE: Final = {  # Python 3.10: only the message tells
+    "database is locked": _BUSY,
+    "database table is locked": _LOCKED,
+    "attempt to write a readonly database": _READONLY,
+    "disk I/O error": _IOERR,
+    "database disk image is malformed": _CORRUPT,
+    "database or disk is full": _FULL,
+    "unable to open database file": _CANTOPEN,
+    "authorization denied": _AUTH,
+    "file is not a database": _NOTADB,
+    "access permission denied": _PERM,
+}
 _COLUMNS: Final = (
     "key, kind, subject_id, event, body, headers, secret_id, secret_label, request_id, "
     "received_at, source, state, attempts, deliveries, last_error, next_attempt_at, "
@@ -100,15 +128,33 @@ def _dt(value: int | None) -> datetime | None:
 
 
 def _to_record(row: sqlite3.Row) -> StoredCallback:
-    return record_from_row(row, _dt)
+    return record_from_row(row, _dt, from_sqlite)
+
+
+def _result_code(error: sqlite3.Error) -> int | None:
+    """The primary SQLite result code of ``error`` (None when it cannot be told)."""
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+
+    if isinstance(code, int):
+        return code & 0xFF  # an extended code carries its primary one in the low byte
+    return _BY_MESSAGE.get(str(error))
+
+
+def _busy(error: sqlite3.Error) -> bool:
+    """Whether ``error`` says the lock SQLite needs is held elsewhere: worth waiting for."""
+    return _result_code(error) in {_BUSY, _LOCKED}
 
 
 class SQLiteStore(StoreBase):
     """A :class:`~runflow_callbacks.stores.CallbackStore` in one SQLite file.
 
     ``namespace`` is the table name (a second table ``<namespace>_counters`` holds the rejected
-    count). The file and its directory's WAL companions are created on first use. Several
-    ``SQLiteStore`` objects, in one process or many, may open the same file.
+    count). The file (with ``create``, the default) and its WAL companions are created on first
+    use; its directory never is: a missing one is a :class:`StoreError`. With ``create=False`` a
+    missing file is a :class:`StoreError` too ("the SQLite store ... does not exist"), for
+    commands that only look at a store and must not leave an empty one behind. ``read_only``
+    opens the file for reading only (it must exist): reads work as usual, every write raises
+    :class:`StoreError` at once, and nothing is created. Several ``SQLiteStore`` objects, in
+    one process or many, may open the same file.
     """
 
     def __init__(
@@ -117,10 +163,14 @@ class SQLiteStore(StoreBase):
         *,
         namespace: str = DEFAULT_NAMESPACE,
         busy_timeout: timedelta = timedelta(seconds=30),
+        create: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
         self.namespace = check_namespace(namespace)
         self.busy_timeout = busy_timeout
+        self.create = create and not read_only
+        self.read_only = read_only
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runflow-sqlite")
         self._connection: sqlite3.Connection | None = None
         self._closed = False
@@ -136,23 +186,59 @@ class SQLiteStore(StoreBase):
 
     # --- plumbing ----------------------------------------------------------------------
 
+    def _failure(self, error: sqlite3.Error | OSError) -> StoreError:
+        """The :class:`StoreError` for ``error``: one line, naming the file but not its
+        directory (whose path may tell more than the operator wants in a log)."""
+        name = repr(self.path.name)
+        # An OSError's str() names the path; its strerror does not.
+        text = (error.strerror or "") if isinstance(error, OSError) else str(error)
+        reason = " ".join(text.split()) or type(error).__name__
+        code = _result_code(error) if isinstance(error, sqlite3.Error) else None
+        if code in {_BUSY, _LOCKED}:  # after busy_timeout
+            return StoreError(f"the SQLite store {name} is locked by another connection ({reason})")
+        if code == _READONLY:
+            return StoreError(f"the SQLite store {name} is read-only ({reason})")
+        if code == _NOTADB:
+            return StoreError(f"the SQLite store {name} is not a SQLite database ({reason})")
+        if code == _CORRUPT:
+            return StoreError(f"the SQLite store {name} is corrupt ({reason})")
+        if code in {_IOERR, _FULL}:
+            return StoreError(f"cannot read or write the SQLite store {name} ({reason})")
+        if code in {_CANTOPEN, _PERM, _AUTH} or isinstance(error, OSError):
+            return StoreError(f"cannot open the SQLite store {name} ({reason})")
+        return StoreError(f"SQLite store error: {reason}")
+
     def _connect(self) -> sqlite3.Connection:
+        """The store's connection, opened (and the schema made) on first use; raises only
+        :class:`StoreError`."""
         if self._connection is not None:
             return self._connection
+        name = repr(self.path.name)
         try:
-            if self.path.parent != Path():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+            directory = self.path.parent.is_dir()
+        except OSError as exc:
+            raise self._failure(exc) from None
+        if not directory:
+            raise StoreError(f"cannot open the SQLite store {name}: its directory does not exist")
+        mode = "ro" if self.read_only else "rwc" if self.create else "rw"
+        try:
             connection = sqlite3.connect(
-                self.path,
+                f"{self.path.absolute().as_uri()}?mode={mode}",
+                uri=True,
                 timeout=self.busy_timeout.total_seconds(),
                 isolation_level=None,  # explicit BEGIN IMMEDIATE / COMMIT below
                 check_same_thread=True,
             )
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open the SQLite store: {exc}") from None
+        except sqlite3.Error as exc:
+            if not self.create and not self.path.exists():
+                raise StoreError(f"the SQLite store {name} does not exist") from None
+            raise self._failure(exc) from None
         connection.row_factory = sqlite3.Row
         try:
             self._prepare(connection)
+        except sqlite3.Error as exc:
+            connection.close()
+            raise self._failure(exc) from None
         except BaseException:
             connection.close()
             raise
@@ -162,15 +248,19 @@ class SQLiteStore(StoreBase):
     def _prepare(self, connection: sqlite3.Connection) -> None:
         table = self.namespace
         connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout.total_seconds() * 1000)}")
+        if self.read_only:
+            return  # nothing to set up that reading needs, and nothing may be written
         # Switching a new file to WAL takes a lock SQLite's busy handler does not wait for, so
         # processes opening the same new file together retry here (bounded by busy_timeout).
+        # Only that lock is waited for: any other error (a read-only file, a file that is no
+        # database, a journal that cannot be created) will not go away by waiting.
         deadline = time.monotonic() + self.busy_timeout.total_seconds()
         while True:
             try:
                 connection.execute("PRAGMA journal_mode = WAL")
                 break
-            except sqlite3.OperationalError:
-                if time.monotonic() > deadline:
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
         connection.execute("PRAGMA synchronous = FULL")
@@ -215,31 +305,30 @@ class SQLiteStore(StoreBase):
             raise RuntimeError("this store is closed")
 
         def call() -> T:
-            try:
-                connection = self._connect()
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot open the SQLite store: {exc}") from None
+            connection = self._connect()
             try:
                 return work(connection)
             except sqlite3.Error as exc:
                 if connection.in_transaction:
                     connection.rollback()
-                raise StoreError(f"SQLite store error: {exc}") from None
+                raise self._failure(exc) from None
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
-    def _select(self, connection: sqlite3.Connection, key: str) -> sqlite3.Row | None:
+    # ``stored`` is a key as the table holds it (``to_sqlite(key)``, or read from a row).
+
+    def _select(self, connection: sqlite3.Connection, stored: str | bytes) -> sqlite3.Row | None:
         row: sqlite3.Row | None = connection.execute(
             f"SELECT {_COLUMNS} FROM {self.namespace} WHERE key = ?",  # noqa: S608 - checked name
-            (key,),
+            (stored,),
         ).fetchone()
         return row
 
-    def _update(self, connection: sqlite3.Connection, key: str, **values: Any) -> None:
+    def _update(self, connection: sqlite3.Connection, stored: str | bytes, **values: Any) -> None:
         assignments = ", ".join(f"{name} = ?" for name in values)
         connection.execute(
             f"UPDATE {self.namespace} SET {assignments} WHERE key = ?",  # noqa: S608 - our names
-            (*values.values(), key),
+            (*values.values(), stored),
         )
 
     @staticmethod
@@ -258,6 +347,7 @@ class SQLiteStore(StoreBase):
     async def record(self, incoming: IncomingCallback) -> Recorded:
         received_at = _us(aware(incoming.received_at, name="received_at"))
         delivery = incoming.source == "delivery"
+        stored = to_sqlite(incoming.key)
 
         def work(connection: sqlite3.Connection) -> Recorded:
             def body() -> Recorded:
@@ -266,15 +356,15 @@ class SQLiteStore(StoreBase):
                     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', 0, ?, NULL, NULL, NULL, NULL,"
                     " ?, NULL, ?) ON CONFLICT (key) DO NOTHING",
                     (
-                        incoming.key,
-                        incoming.kind,
-                        incoming.subject_id,
-                        incoming.event,
+                        stored,
+                        to_sqlite(incoming.kind),
+                        to_sqlite(incoming.subject_id),
+                        to_sqlite(incoming.event),
                         sqlite3.Binary(incoming.body),
                         json.dumps(dict(incoming.headers)),
-                        incoming.secret_id,
-                        incoming.secret_label,
-                        incoming.request_id,
+                        to_sqlite(incoming.secret_id),
+                        to_sqlite(incoming.secret_label),
+                        to_sqlite(incoming.request_id),
                         received_at,
                         incoming.source,
                         1 if delivery else 0,
@@ -287,9 +377,9 @@ class SQLiteStore(StoreBase):
                     connection.execute(
                         f"UPDATE {self.namespace} SET deliveries = deliveries + 1, "  # noqa: S608
                         "updated_at = ? WHERE key = ?",
-                        (received_at, incoming.key),
+                        (received_at, stored),
                     )
-                row = self._select(connection, incoming.key)
+                row = self._select(connection, stored)
                 assert row is not None
                 return Recorded(_to_record(row), inserted=inserted)
 
@@ -307,16 +397,17 @@ class SQLiteStore(StoreBase):
         token = None if lease is None else new_token()
         expires = None if lease is None else to_us(now + lease)
         delivered = 1 if incoming.source == "delivery" else 0
+        stored = to_sqlite(incoming.key)
         row: dict[str, Any] = {
-            "key": incoming.key,
-            "kind": incoming.kind,
-            "subject_id": incoming.subject_id,
-            "event": incoming.event,
+            "key": stored,
+            "kind": to_sqlite(incoming.kind),
+            "subject_id": to_sqlite(incoming.subject_id),
+            "event": to_sqlite(incoming.event),
             "body": sqlite3.Binary(incoming.body),
             "headers": json.dumps(dict(incoming.headers)),
-            "secret_id": incoming.secret_id,
-            "secret_label": incoming.secret_label,
-            "request_id": incoming.request_id,
+            "secret_id": to_sqlite(incoming.secret_id),
+            "secret_label": to_sqlite(incoming.secret_label),
+            "request_id": to_sqlite(incoming.request_id),
             "received_at": received_at,
             "source": incoming.source,
             "deliveries": delivered,
@@ -329,7 +420,7 @@ class SQLiteStore(StoreBase):
             row.update(state="processing", attempts=1, updated_at=now_us, due_at=expires)
         insert, admit = self._admit_sql
         changes = {
-            "key": incoming.key,
+            "key": stored,
             "delivered": delivered,
             "received_at": received_at,
             "take": lease is not None,
@@ -381,7 +472,7 @@ class SQLiteStore(StoreBase):
 
         def work(connection: sqlite3.Connection) -> Claim:
             def body() -> Claim:
-                row = self._select(connection, key)
+                row = self._select(connection, to_sqlite(key))
                 if row is None:
                     raise UnknownCallbackError(key)
                 if not can_claim(row["state"], _dt(row["lease_expires_at"]), now):
@@ -396,15 +487,16 @@ class SQLiteStore(StoreBase):
         """Update ``key`` if ``token`` holds it; the lease ends unless ``keep``."""
         if not keep:
             values = {"lease_token": None, "lease_expires_at": None, **values}
+        stored = to_sqlite(key)
 
         def work(connection: sqlite3.Connection) -> bool:
             def body() -> bool:
-                row = self._select(connection, key)
+                row = self._select(connection, stored)
                 if row is None:
                     raise UnknownCallbackError(key)
                 if row["state"] != "processing" or row["lease_token"] != token:
                     return False
-                self._update(connection, key, **values)
+                self._update(connection, stored, **values)
                 return True
 
             return self._transaction(connection, body)
@@ -445,14 +537,15 @@ class SQLiteStore(StoreBase):
             key,
             token,
             state="dead" if dead else "failed",
-            last_error=error,
+            last_error=to_sqlite(error),
             next_attempt_at=retry,
             updated_at=now_us,
             due_at=None if dead else (now_us if retry is None else retry),
         )
 
     async def release(self, key: str, token: str, *, now: datetime) -> bool:
-        changes = {"key": key, "token": token, "now": _us(aware(now))}
+        stored = to_sqlite(key)
+        changes = {"key": stored, "token": token, "now": _us(aware(now))}
         release = self._release_sql
 
         def work(connection: sqlite3.Connection) -> bool:
@@ -460,7 +553,7 @@ class SQLiteStore(StoreBase):
             # an unknown key (an error) from a stale token (False).
             if connection.execute(release, changes).rowcount == 1:
                 return True
-            if self._select(connection, key) is None:
+            if self._select(connection, stored) is None:
                 raise UnknownCallbackError(key)
             return False
 
@@ -486,7 +579,7 @@ class SQLiteStore(StoreBase):
 
     async def get(self, key: str) -> StoredCallback | None:
         def work(connection: sqlite3.Connection) -> StoredCallback | None:
-            row = self._select(connection, key)
+            row = self._select(connection, to_sqlite(key))
             return None if row is None else _to_record(row)
 
         return await self._run(work)
@@ -544,17 +637,18 @@ class SQLiteStore(StoreBase):
 
     async def reset_for_retry(self, key: str, *, now: datetime) -> bool:
         now = aware(now)
+        stored = to_sqlite(key)
 
         def work(connection: sqlite3.Connection) -> bool:
             def body() -> bool:
-                row = self._select(connection, key)
+                row = self._select(connection, stored)
                 if row is None:
                     raise UnknownCallbackError(key)
                 if not resettable(row["state"], _dt(row["lease_expires_at"]), now):
                     return False
                 self._update(
                     connection,
-                    key,
+                    stored,
                     state="received",
                     attempts=0,
                     next_attempt_at=None,
