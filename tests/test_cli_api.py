@@ -121,6 +121,24 @@ def test_send_file_sends_its_exact_bytes(
     assert headers["runflow-request-id"]
 
 
+def test_send_during_a_rotation_signs_with_the_last_secret_of_the_environment(
+    recorder: tuple[Recorder, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record, url = recorder
+    monkeypatch.setenv("RUNFLOW_CALLBACK_SECRETS", f"whsec_old_secret_0000000000,{SECRET}")
+    assert main(["send", url]) == 0
+    [(headers, sent)] = record.bodies
+    assert verify(sent, headers["runflow-signature"], SECRET).reveal() == SECRET
+
+
+def test_send_sign_with_picks_another_secret(recorder: tuple[Recorder, str]) -> None:
+    record, url = recorder
+    argv = ["--secret", SECRET, "--secret", "whsec_new_secret_1111111111", "--sign-with", "0"]
+    assert main(["send", url, *argv]) == 0
+    [(headers, sent)] = record.bodies
+    assert verify(sent, headers["runflow-signature"], SECRET).reveal() == SECRET
+
+
 def test_send_sample_is_realistic(recorder: tuple[Recorder, str]) -> None:
     record, url = recorder
     assert main(["send", url, "--secret", SECRET, "--event", "batch.cancelled"]) == 0
@@ -134,7 +152,8 @@ def test_send_sample_is_realistic(recorder: tuple[Recorder, str]) -> None:
     [
         (["send", "localhost:1/cb", "--secret", SECRET], "URL must start"),
         (["send", "http://127.0.0.1:1/cb"], "no callback secret"),
-        (["send", "http://127.0.0.1:1/cb", "--secret", "a", "--secret", "b"], "exactly one"),
+        (["send", "http://127.0.0.1:1/cb", "--secret", "a", "--sign-with", "1"], "--sign-with"),
+        (["send", "http://127.0.0.1:1/cb", "--unsigned", "--sign-with", "0"], "exclude"),
         (["send", "http://127.0.0.1:1/cb", "--unsigned", "--secret", "a"], "exclude"),
         (["send", "http://127.0.0.1:1/cb", "--secret", "a", "--file", "/nope/x"], "cannot read"),
         (["send", "http://127.0.0.1:1/cb", "--secret", "a", "--timeout", "0"], "positive"),
@@ -273,6 +292,24 @@ def test_format_history_of_nothing_and_of_a_pending_delivery() -> None:
     assert "PENDING  automatic  1/5 attempts" in text
     assert "(timeout: no answer within 5s)  next attempt 2026-05-06 10:00:02" in text
     assert text.splitlines()[-1].split()[:4] == ["1", "-", "-", "-"]
+
+
+def test_format_history_escapes_what_the_api_sent() -> None:
+    forged = BatchCallbackDelivery.model_validate(
+        {
+            "status_code": "failed\nforged line",
+            "is_automatic": True,
+            "failure_reason_code": "http_error\x1b[2K",
+            "failure_detail": "evil\nforged line",
+            "attempts": [{"attempt_number": 1, "error_message": "boom\r\nforged line"}],
+        }
+    )
+    lines = format_history([forged]).splitlines()
+    assert len(lines) == 4  # the delivery, its id, the attempts' header, one attempt
+    assert not any(line.lstrip().startswith("forged") for line in lines)
+    assert "\x1b" not in "".join(lines)
+    assert "'evil\\nforged line'" in lines[0]
+    assert lines[-1].endswith("'boom\\r\\nforged line'")
 
 
 # --- fake-runflow --------------------------------------------------------------------------

@@ -72,10 +72,69 @@ def test_read_input_keeps_every_byte_of_stdin() -> None:
     assert read_input(None, stdin=io.BytesIO(raw)) == raw
 
 
-def test_sign_refuses_several_secrets(cli: Callable[..., Run], body_file: Path) -> None:
-    result = cli("sign", "--secret", SECRET, "--secret", OTHERS[0], str(body_file))
-    assert result.code == 1
-    assert "exactly one secret, got 2" in result.err
+def test_sign_during_a_rotation_signs_with_the_last_secret_of_the_environment(
+    cli: Callable[..., Run], body_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNFLOW_CALLBACK_SECRETS", f"{OTHERS[0]},{SECRET}")  # old,new
+    assert cli("sign", str(body_file)) == Run(0, SIGNATURE + "\n", "")
+
+
+def test_sign_with_several_secret_flags_signs_with_the_last(
+    cli: Callable[..., Run], body_file: Path
+) -> None:
+    argv = ["--secret", OTHERS[0], "--secret", OTHERS[1], "--secret", SECRET]
+    assert cli("sign", *argv, str(body_file)) == Run(0, SIGNATURE + "\n", "")
+
+
+@pytest.mark.parametrize("choice", ["0", "env 0"])
+def test_sign_with_picks_another_secret_by_position_or_label(
+    cli: Callable[..., Run], body_file: Path, monkeypatch: pytest.MonkeyPatch, choice: str
+) -> None:
+    monkeypatch.setenv("RUNFLOW_CALLBACK_SECRETS", f"{SECRET},{OTHERS[0]}")
+    assert cli("sign", "--sign-with", choice, str(body_file)) == Run(0, SIGNATURE + "\n", "")
+
+
+def test_sign_with_names_a_secret_flag_by_its_label(
+    cli: Callable[..., Run], body_file: Path
+) -> None:
+    argv = ["--secret", OTHERS[0], "--secret", SECRET, "--secret", OTHERS[1]]
+    result = cli("sign", *argv, "--sign-with=--secret 1", str(body_file))
+    assert result == Run(0, SIGNATURE + "\n", "")
+
+
+@pytest.mark.parametrize("choice", ["2", "-1", "env 2", "--secret 0", "newest", SECRET, ""])
+def test_a_sign_with_naming_no_secret_is_one_line_listing_the_choices(
+    cli: Callable[..., Run], body_file: Path, monkeypatch: pytest.MonkeyPatch, choice: str
+) -> None:
+    monkeypatch.setenv("RUNFLOW_CALLBACK_SECRETS", f"{OTHERS[0]},{SECRET}")
+    result = cli("sign", "--sign-with", choice, str(body_file))
+    assert (result.code, result.out) == (1, "")
+    assert len(result.err.splitlines()) == 1
+    assert result.err.startswith("runflow-callbacks sign: --sign-with ")
+    assert "a position (0 or 1) or a label (env 0, env 1)" in result.err  # never the value
+
+
+def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("command", ["sign", "send"])
+def test_the_signing_commands_say_they_sign_with_the_last_secret(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = _help(command, capsys)
+    assert "the last one signs unless --sign-with names another" in text
+    assert "--sign-with SECRET" in text
+    assert "try several" not in text
+
+
+def test_verify_says_each_secret_is_tried(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help("verify", capsys)
+    assert "each is tried in turn" in text
+    assert "--sign-with" not in text
 
 
 def test_verify_reports_the_second_of_three_secrets(

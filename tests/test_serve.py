@@ -249,3 +249,16 @@ def test_cli_errors_are_one_line_without_secrets(
     assert "hunter2" not in err
     assert main(["reconcile", "--store", "memory://"]) == 1
     assert "at least one --batch or --run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", [["serve"], ["reconcile"], ["inbox", "list"], ["inbox", "show"], ["inbox", "retry"]]
+)
+def test_the_store_help_says_how_to_keep_the_password_out_of_the_process_list(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Prefer setting RUNFLOW_CALLBACK_STORE: a URL given here, and the password" in text
+    assert "visible in the process list" in text

@@ -2,7 +2,10 @@
 
 Each subcommand lives in a module of this package that exposes ``register(subparsers)``; the
 handler set with ``parser.set_defaults(func=...)`` takes the parsed namespace and returns the
-exit status. Errors of our own become one line on stderr and exit status 1 (2 for usage).
+exit status. Errors of our own become one line on stderr and exit status 1 (2 for usage, as
+argparse exits): a command turns every ordinary mistake (a bad value, a store URL no backend
+can use, a driver that is not installed) into one of them, and never lets a traceback out. A
+reader that goes away (``runflow-callbacks inbox list | head``) ends the output quietly.
 
 Every command module is imported to build the parser, whichever command runs. So their
 top-level imports stay light (the standard library, :mod:`runflow_callbacks.errors`,
@@ -84,9 +87,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        status = func(args)
+        sys.stdout.flush()  # here, so that a reader gone away is caught below
+        return status
     except RunflowCallbackError as exc:
-        print(f"runflow-callbacks {args.command}: {exc}", file=sys.stderr)
+        print(f"runflow-callbacks {args.command}: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        _drop_stdout()
+        return 1
+
+
+def _one_line(message: str) -> str:
+    """A message on one line: a driver's may run over several (psycopg adds a hint)."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _drop_stdout() -> None:
+    """Send what is left of stdout nowhere: the interpreter flushes it again at exit."""
+    import os  # noqa: PLC0415 - only when the reader went away
+
+    try:
+        descriptor = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a file (a test's capture): nothing flushes it at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)

@@ -34,7 +34,7 @@ import httpx
 
 from runflow_callbacks.cli.history import format_history
 from runflow_callbacks.defaults import API_KEY_ENV, API_URL_ENV, DEFAULT_CALLBACK_PATH, SECRETS_ENV
-from runflow_callbacks.stores import open_store
+from runflow_callbacks.stores import mask_url, open_store
 from runflow_callbacks.testing import (
     PayloadFactory,
     free_port,
@@ -238,7 +238,7 @@ def _acts(demo: _Demo, root: Path, store_url: str, secret: str, count: int) -> i
     say(f"  fake Runflow API   {demo.runflow.base_url}  (signs with the current callback secret)")
     demo.receiver.start()
     say(f"  receiver (serve)   {demo.receiver.url}")
-    say(f"  store              {store_url}")
+    say(f"  store              {mask_url(store_url)}")
 
     demo.title(f"2. A stream of {count} batch callbacks")
     stream = demo.create(count)

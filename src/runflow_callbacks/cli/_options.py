@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from runflow_callbacks.defaults import ENV_PREFIX
+from runflow_callbacks.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -196,6 +197,24 @@ _FLAGS: Final[dict[str, tuple[str, Callable[[str], Any], str | None, str, str]]]
 }
 
 
+class _BadVariable:
+    """The default of a flag whose variable holds no usable value: :func:`options_from_args`
+    reports it. Building the parser must not fail, for ``serve`` or any other command."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _flag_default(read: Callable[[str], Any], raw: str, env: str) -> Any:
+    """``read(raw)``, the value of ``env``; a :class:`_BadVariable` when it cannot be read."""
+    try:
+        return read(raw)
+    except argparse.ArgumentTypeError as exc:
+        return _BadVariable(f"${env}: {exc}")
+
+
 def option_flags() -> dict[str, str]:
     """Option name -> its ``serve`` flag, for every option that has one."""
     return {name: row[0] for name, row in _FLAGS.items()}
@@ -216,7 +235,7 @@ def add_receiver_options(parser: argparse.ArgumentParser) -> None:
                 flag,
                 dest=dest,
                 action="store_true",
-                default=None if raw is None else read(raw),
+                default=None if raw is None else _flag_default(read, raw, env),
                 help=help_text,
             )
         elif name == "mode":
@@ -246,6 +265,8 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, f"option_{name}", None)
         if value is None:
             continue  # neither flag nor variable: the library's default
+        if isinstance(value, _BadVariable):
+            raise ConfigurationError(value.message)
         if name == "key":
             from runflow_callbacks.app import load_handler  # noqa: PLC0415 - run time only
 

@@ -66,6 +66,18 @@ def _directory(text: str) -> Path:
     return Path(text)
 
 
+def _make_workdir(path: Path) -> None:
+    """Create ``--workdir`` now, so that a directory that cannot be made is one line of error
+    before the demo starts, not a traceback halfway through."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigurationError(
+            f"--workdir {path}: cannot create the directory: {reason}"
+        ) from None
+
+
 def _check(verifier: Verifier, title: str, body: bytes, signature: str) -> None:
     from runflow_callbacks.diagnose import diagnose_mismatch  # noqa: PLC0415 - pydantic
     from runflow_callbacks.models import BatchCallbackPayload, parse_callback  # noqa: PLC0415
@@ -95,6 +107,8 @@ def run_demo(args: argparse.Namespace) -> int:
     reconcile and the inbox summary. Exits 0 when every batch was handled exactly once."""
     if args.batches < 1:
         raise ConfigurationError("--batches must be at least 1")
+    if args.workdir is not None and not args.signatures_only:
+        _make_workdir(args.workdir)
     print("0. Signatures")
     print("-------------")
     show_signatures()

@@ -14,13 +14,15 @@ Then create a finished batch (its callback is delivered at once) and follow its 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import Final
 
 from runflow_callbacks.cli._common import (
     SECRETS_ENV_VARIABLE,
     add_secret_options,
+    port_number,
     secrets_from_args,
 )
 from runflow_callbacks.defaults import (
@@ -31,10 +33,11 @@ from runflow_callbacks.defaults import (
 )
 from runflow_callbacks.errors import ConfigurationError
 
-if TYPE_CHECKING:
-    import argparse
-
 __all__ = ["parse_delays", "register", "run_fake_runflow"]
+
+#: uvicorn's log levels (``uvicorn.config.LOG_LEVELS``), spelled out: importing uvicorn to build
+#: the parser would cost every command.
+_LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def parse_delays(text: str) -> tuple[float, ...]:
@@ -50,6 +53,14 @@ def parse_delays(text: str) -> tuple[float, ...]:
     return delays
 
 
+def _delays(text: str) -> tuple[float, ...]:
+    # The type of --retry-delays: argparse shows an ArgumentTypeError's own message.
+    try:
+        return parse_delays(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--retry-delays ")) from None
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``fake-runflow`` to the command line."""
     parser = subparsers.add_parser(
@@ -62,16 +73,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8010, help="port (default: 8010)")
+    parser.add_argument(
+        "--port",
+        type=port_number,
+        default=8010,
+        help="port (default: 8010; 0: any free port, named in uvicorn's log)",
+    )
     parser.add_argument(
         "--api-key",
         metavar="KEY",
         help=f"the Bearer key the API accepts (default: ${API_KEY_ENV}; required)",
     )
-    add_secret_options(parser)
+    add_secret_options(
+        parser,
+        purpose=(
+            "the callback secret the fake signs its deliveries with (whsec_...; one only; "
+            "with none, it delivers them unsigned)."
+        ),
+    )
     parser.add_argument(
         "--retry-delays",
-        type=parse_delays,
+        type=_delays,
         default=FAKE_RETRY_DELAYS_S,
         metavar="S1,S2,...",
         help="seconds before each retry; the last doubles beyond the list (default: 1,2,4,8)",
@@ -90,7 +112,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help=f"per-attempt timeout (default: {FAKE_ATTEMPT_TIMEOUT_S:g})",
     )
-    parser.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        default="info",
+        choices=_LOG_LEVELS,
+        help="uvicorn log level (default: info)",
+    )
     parser.set_defaults(func=run_fake_runflow)
 
 

@@ -7,7 +7,8 @@
 
 Both talk to the Runflow API at ``--api-url`` (or ``$RUNFLOW_API_URL``, default
 ``https://api.runflow.io``) with ``--api-key`` (or ``$RUNFLOW_API_KEY``).
-:func:`format_history` is the table ``history`` prints.
+:func:`format_history` is the table ``history`` prints; the texts the API answered (states,
+failure details, error messages) are shown escaped, so that none can break or forge a line.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from runflow_callbacks.cli._common import add_api_options, client_from_args
+from runflow_callbacks.cli._common import add_api_options, client_from_args, shown
 
 if TYPE_CHECKING:
     import argparse
@@ -70,7 +71,7 @@ def format_history(deliveries: Sequence[CallbackDelivery]) -> str:
     lines: list[str] = []
     for number, delivery in enumerate(deliveries, start=1):
         kind = {None: "?", True: "automatic", False: "manual"}[delivery.is_automatic]
-        state = (delivery.status_code or "?").upper()
+        state = shown((delivery.status_code or "?").upper())
         attempts = delivery.attempts or []
         count = delivery.attempt_count if delivery.attempt_count is not None else len(attempts)
         header = (
@@ -78,7 +79,8 @@ def format_history(deliveries: Sequence[CallbackDelivery]) -> str:
             f"{count}/{delivery.max_attempts or '?'} attempts  created {_when(delivery.created_at)}"
         )
         if delivery.failure_reason_code and delivery.status_code != "succeeded":
-            header += f"  ({delivery.failure_reason_code}: {delivery.failure_detail or '-'})"
+            reason = shown(delivery.failure_reason_code)
+            header += f"  ({reason}: {shown(delivery.failure_detail or None)})"
         if delivery.next_attempt_at is not None:
             header += f"  next attempt {_when(delivery.next_attempt_at)}"
         lines.append(header)
@@ -90,7 +92,7 @@ def format_history(deliveries: Sequence[CallbackDelivery]) -> str:
                 _when(attempt.created_at),
                 "-" if attempt.status_code is None else str(attempt.status_code),
                 "-" if attempt.response_time_ms is None else f"{attempt.response_time_ms} ms",
-                attempt.error_message or "-",
+                shown(attempt.error_message or None),
             )
             for attempt in attempts
         ]

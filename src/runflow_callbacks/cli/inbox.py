@@ -8,8 +8,11 @@
     runflow-callbacks inbox stats
 
 Every action reads the store of ``--store`` within ``--namespace`` (see
-:mod:`runflow_callbacks.cli.serve`). ``retry`` with ``--handler`` runs the callbacks at once;
-without it, it resets them for a running ``serve --inbox`` worker.
+:mod:`runflow_callbacks.cli.serve`), and none creates it: a store that does not exist is an
+error. ``retry`` with ``--handler`` runs the callbacks at once; without it, it resets them for
+a running ``serve --inbox`` worker. It exits 0 only when every callback named was run
+successfully (or reset). Values that came from a request (keys, events, headers) are shown
+escaped (:func:`~runflow_callbacks.cli._common.shown`), so they cannot break or forge a line.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from runflow_callbacks.cli._common import (
     handler_from_args,
     processor_for,
     run_with_store,
+    shown,
 )
 from runflow_callbacks.errors import ConfigurationError
 
@@ -87,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run failed or dead callbacks again",
         description=(
             "Reset callbacks for another try. With --handler they run now; without it, a "
-            "running 'serve --inbox' worker picks them up."
+            "running 'serve --inbox' worker picks them up. Exits 0 when every one ran "
+            "successfully (or was reset), 1 when any failed, was dead, unknown or not reset."
         ),
     )
     retry.add_argument("keys", nargs="*", metavar="KEY", help="idempotency keys")
@@ -116,7 +121,7 @@ def run_inbox_list(args: argparse.Namespace) -> int:
     async def action(store: CallbackStore) -> list[StoredCallback]:
         return await store.list_callbacks(limit=args.limit, state=args.state)
 
-    records = run_with_store(args, action)
+    records = run_with_store(args, action, create=False)
     if args.json:
         print(json.dumps([record.to_json() for record in records], indent=2))
         return 0
@@ -127,11 +132,11 @@ def run_inbox_list(args: argparse.Namespace) -> int:
     rows += [
         (
             _when(record),
-            record.state,
+            shown(record.state),
             str(record.attempts),
             str(record.deliveries),
-            record.source,
-            record.key,
+            shown(record.source),
+            shown(record.key),
         )
         for record in records
     ]
@@ -148,7 +153,7 @@ def run_inbox_show(args: argparse.Namespace) -> int:
     async def action(store: CallbackStore) -> StoredCallback | None:
         return await store.get(args.key)
 
-    record = run_with_store(args, action)
+    record = run_with_store(args, action, create=False)
     if record is None:
         raise ConfigurationError(f"no callback is recorded under key {args.key!r}")
     body = record.body.decode("utf-8", errors="replace")
@@ -156,9 +161,9 @@ def run_inbox_show(args: argparse.Namespace) -> int:
         print(json.dumps({**record.to_json(), "headers": dict(record.headers), "body": body}))
         return 0
     for name, value in record.to_json().items():
-        print(f"{name + ':':<18}{'' if value is None else value}")
+        print(f"{name + ':':<18}{'' if value is None else shown(str(value))}")
     for name, value in record.headers.items():
-        print(f"{'header:':<18}{name}: {value}")
+        print(f"{'header:':<18}{shown(name)}: {shown(value)}")
     print()
     print(body)
     return 0
@@ -182,19 +187,24 @@ def run_inbox_retry(args: argparse.Namespace) -> int:
         for key in keys:
             try:
                 if processor is not None:
+                    # Only a run that returned succeeded: failed, dead, duplicate (it was
+                    # processed already, so nothing ran), in_progress or unhandled did not.
                     outcome = await processor.retry(key)
-                    print(f"{key}: {outcome.status}")
-                    status |= 0 if outcome.ok and outcome.status != "dead" else 1
+                    print(f"{shown(key)}: {outcome.status}")
+                    succeeded = outcome.status == "processed"
                 elif await store.reset_for_retry(key, now=utc_now()):
-                    print(f"{key}: due again (a running 'serve --inbox' worker will run it)")
+                    print(f"{shown(key)}: due again (a running 'serve --inbox' worker will run it)")
+                    succeeded = True
                 else:
-                    print(f"{key}: not reset (already processed, or running right now)")
+                    print(f"{shown(key)}: not reset (already processed, or running right now)")
+                    succeeded = False
             except UnknownCallbackError:
-                print(f"{key}: no such callback", file=sys.stderr)
-                status = 1
+                print(f"{shown(key)}: no such callback", file=sys.stderr)
+                succeeded = False
+            status |= 0 if succeeded else 1
         return status
 
-    return run_with_store(args, action)
+    return run_with_store(args, action, create=False)
 
 
 def run_inbox_stats(args: argparse.Namespace) -> int:
@@ -203,7 +213,7 @@ def run_inbox_stats(args: argparse.Namespace) -> int:
     async def action(store: CallbackStore) -> dict[str, int]:
         return (await store.stats()).to_json()
 
-    counts = run_with_store(args, action)
+    counts = run_with_store(args, action, create=False)
     if args.json:
         print(json.dumps(counts))
     else:

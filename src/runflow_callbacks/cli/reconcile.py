@@ -7,6 +7,8 @@
 Reads the history of each ``--batch`` and ``--run`` from the Runflow API (options as for
 ``history``) and processes, in the store of ``--store``, every delivered payload the store has
 not processed yet; without ``--handler`` they are recorded for a ``serve --inbox`` worker.
+Unlike ``inbox``, it creates a store that does not exist yet: recovering into a new store is
+what it is for. :func:`format_report` is what it prints (ids and details escaped).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from runflow_callbacks.cli._common import (
     handler_from_args,
     processor_for,
     run_with_store,
+    shown,
 )
 from runflow_callbacks.errors import ConfigurationError
 
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
     from runflow_callbacks.reconcile import ReconcileReport
     from runflow_callbacks.stores import CallbackStore
 
-__all__ = ["register", "run_reconcile"]
+__all__ = ["format_report", "register", "run_reconcile"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,10 +82,21 @@ def run_reconcile(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        for item in report.items:
-            detail = f" ({item.detail})" if item.detail else ""
-            print(f"{item.kind} {item.subject_id}: {item.status}{detail}")
-        counts = report.to_json()["counts"]
-        assert isinstance(counts, dict)  # to_json() is typed for JSON, not per key
-        print(", ".join(f"{count} {status}" for status, count in counts.items()) or "nothing")
+        print(format_report(report))
     return 0 if report.ok else 1
+
+
+def format_report(report: ReconcileReport) -> str:
+    """One line per batch or run, then the counts: what ``reconcile`` prints without --json.
+
+    Ids and details (an API error's message, a handler's error) are shown escaped, so that
+    none can break a line or forge one.
+    """
+    lines = []
+    for item in report.items:
+        detail = f" ({shown(item.detail)})" if item.detail else ""
+        lines.append(f"{item.kind} {shown(item.subject_id)}: {item.status}{detail}")
+    counts = report.to_json()["counts"]
+    assert isinstance(counts, dict)  # to_json() is typed for JSON, not per key
+    lines.append(", ".join(f"{count} {status}" for status, count in counts.items()) or "nothing")
+    return "\n".join(lines)

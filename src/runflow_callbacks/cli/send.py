@@ -6,16 +6,23 @@
         --event batch.partial_succeeded
 
 The body is a realistic sample for ``--event`` (``runflow_callbacks.testing``), or ``--file``'s
-exact bytes, signed as Runflow signs it (``--unsigned`` leaves ``Runflow-Signature`` out).
+exact bytes, signed as Runflow signs it: with the last of the secrets (the newest, during a
+rotation) unless ``--sign-with`` names another; ``--unsigned`` leaves ``Runflow-Signature`` out.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import TYPE_CHECKING, Final
 
 from runflow_callbacks._events import EVENTS
-from runflow_callbacks.cli._common import add_secret_options, read_input, secrets_from_args
+from runflow_callbacks.cli._common import (
+    add_signing_options,
+    check_url,
+    read_input,
+    signing_secret,
+)
 from runflow_callbacks.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -32,12 +39,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "send",
         help="send one signed callback to an endpoint",
         description=(
-            "POST one callback to URL, signed as Runflow signs it: a realistic sample for "
+            "POST one callback to URL, signed as Runflow signs it (with its current secret: "
+            "the last one given, unless --sign-with names another): a realistic sample for "
             "--event, or FILE's exact bytes. Prints the answer; exits 0 on 2xx, 1 otherwise."
         ),
     )
     send.add_argument("url", metavar="URL", help="the callback endpoint")
-    add_secret_options(send)
+    add_signing_options(send)
     send.add_argument(
         "--unsigned",
         action="store_true",
@@ -62,24 +70,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_send(args: argparse.Namespace) -> int:
     """Send one callback; print the status line and the answer's body."""
-    if not args.url.startswith(("http://", "https://")):
-        raise ConfigurationError("URL must start with http:// or https://")
-    if args.timeout <= 0:
-        raise ConfigurationError("--timeout must be positive")
+    check_url(args.url, what="URL")
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):
+        raise ConfigurationError("--timeout must be a positive number of seconds")
     if args.unsigned and args.secrets:
         raise ConfigurationError("--unsigned and --secret exclude each other")
+    if args.unsigned and args.sign_with is not None:
+        raise ConfigurationError("--unsigned and --sign-with exclude each other")
     # httpx, and pydantic for the sample payloads: loaded for this command only.
     import httpx  # noqa: PLC0415
 
     from runflow_callbacks.testing.factories import PayloadFactory  # noqa: PLC0415
     from runflow_callbacks.testing.requests import signed_request  # noqa: PLC0415
 
-    secret = None
-    if not args.unsigned:
-        secrets = secrets_from_args(args)
-        if len(secrets) != 1:
-            raise ConfigurationError(f"send signs with exactly one secret, got {len(secrets)}")
-        secret = secrets[0]
+    secret = None if args.unsigned else signing_secret(args)
     if args.file is not None:
         body = read_input(args.file)
     else:

@@ -22,6 +22,8 @@ from runflow_callbacks.cli._common import (
     add_handler_option,
     add_secret_options,
     add_store_options,
+    check_store_url,
+    port_number,
     secrets_from_args,
 )
 from runflow_callbacks.cli._options import (
@@ -57,7 +59,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_store_options(serve)
     add_handler_option(serve, what="without it, callbacks are recorded in the inbox")
     serve.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument(
+        "--port",
+        type=port_number,
+        default=8000,
+        help="port (default: 8000; 0: any free port, named in uvicorn's log)",
+    )
     serve.add_argument(
         "--path",
         default=DEFAULT_CALLBACK_PATH,
@@ -71,7 +78,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_receiver_options(serve)
     add_server_options(serve)
-    serve.set_defaults(func=run_serve)
+    serve.set_defaults(func=_check_then_serve)
+
+
+def _check_then_serve(args: argparse.Namespace) -> int:
+    """:func:`run_serve`, once the store URL is known to be usable: a driver that is not
+    installed or a URL it refuses is one line, not a traceback from inside the server."""
+    check_store_url(args)
+    return run_serve(args)
 
 
 def run_serve(args: argparse.Namespace) -> int:

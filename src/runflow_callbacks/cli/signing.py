@@ -6,6 +6,8 @@
     runflow-callbacks verify --secret whsec_old --secret whsec_new --signature 9f2c... body.json
 
 Both read the body's exact bytes from FILE, or from stdin when FILE is ``-`` or absent.
+``sign`` signs with the last of its secrets (the newest, during a rotation: old, then new) or
+the one ``--sign-with`` names, as Runflow signs with its current secret only.
 ``verify`` exits 0 and names the secret that matched (by label, never by value), or exits 1
 with the reason on stderr and, on a mismatch, a hint when the body looks rewritten.
 """
@@ -15,8 +17,14 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Final
 
-from runflow_callbacks.cli._common import add_secret_options, read_input, secrets_from_args
-from runflow_callbacks.errors import ConfigurationError, SignatureMismatchError
+from runflow_callbacks.cli._common import (
+    add_secret_options,
+    add_signing_options,
+    read_input,
+    secrets_from_args,
+    signing_secret,
+)
+from runflow_callbacks.errors import SignatureMismatchError
 
 if TYPE_CHECKING:
     import argparse
@@ -37,9 +45,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sign_parser = subparsers.add_parser(
         "sign",
         help="print the Runflow-Signature of a body",
-        description="Print the hex HMAC-SHA256 signature Runflow would send for FILE's bytes.",
+        description=(
+            "Print the hex HMAC-SHA256 signature Runflow would send for FILE's bytes. Runflow "
+            "signs with its current secret only: given several secrets (a rotation, old then "
+            "new), sign uses the last one, or the one --sign-with names."
+        ),
     )
-    add_secret_options(sign_parser)
+    add_signing_options(sign_parser)
     _add_file_argument(sign_parser)
     sign_parser.set_defaults(func=run_sign)
 
@@ -73,15 +85,11 @@ def _add_file_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def run_sign(args: argparse.Namespace) -> int:
-    """Print the signature of the body with the one configured secret."""
+    """Print the signature of the body with the last secret, or the one ``--sign-with`` names."""
     from runflow_callbacks.verifier import sign  # noqa: PLC0415 - loads cryptography
 
-    secrets = secrets_from_args(args)
-    if len(secrets) != 1:
-        raise ConfigurationError(
-            f"sign takes exactly one secret, got {len(secrets)}: pass the one to sign with --secret"
-        )
-    print(sign(read_input(args.file), secrets[0]))
+    secret = signing_secret(args)
+    print(sign(read_input(args.file), secret))
     return 0
 
 
