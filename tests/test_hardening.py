@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from runflow_callbacks import CallbackReceiver, sign
+from runflow_callbacks.errors import StoreError
 from runflow_callbacks.keys import MAX_KEY_CHARS, bounded, default_key
 from runflow_callbacks.models import parse_callback
 from runflow_callbacks.receiver import REJECTIONS_SAVED_EVERY_SECONDS
 from runflow_callbacks.stores import open_store
+from runflow_callbacks.testing import free_port
 from servers import open_in
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from runflow_callbacks.context import CallbackContext
     from runflow_callbacks.stores import CallbackStore
 
@@ -173,3 +178,70 @@ async def test_a_flood_of_forged_requests_is_counted_in_memory_and_written_once(
     assert len(store.writes) <= 2
     assert (await inner.stats()).rejected == 201
     assert receiver.rejections == {"signature_mismatch": 201}
+
+
+# --- 9. health probes tell the truth ----------------------------------------------------------
+
+
+async def test_every_backend_is_ready_when_it_can_record(store_url: str, namespace: str) -> None:
+    async with open_in(store_url, namespace) as store:
+        await store.ready()
+        assert (await store.stats()).rejected == 0  # the probe changed nothing
+
+
+async def test_a_read_only_sqlite_store_is_not_ready(tmp_path: Path) -> None:
+    from runflow_callbacks.stores.sqlite import SQLiteStore
+
+    async with SQLiteStore(tmp_path / "cb.db") as writable:
+        await writable.ready()
+    async with SQLiteStore(tmp_path / "cb.db", read_only=True) as store:
+        with pytest.raises(StoreError):
+            await store.ready()
+
+
+class _DownStore:
+    """A store whose every call fails, as an unreachable database would."""
+
+    def __getattr__(self, name: str) -> object:
+        async def fail(*args: object, **kwargs: object) -> None:
+            raise StoreError("connection refused")
+
+        return fail
+
+
+async def test_readyz_is_503_while_the_store_cannot_record_and_healthz_stays_ok() -> None:
+    from runflow_callbacks.app import create_app
+
+    async def probe(app: object) -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            return await client.get("/healthz"), await client.get("/readyz")
+
+    healthy = create_app(secrets=SECRET, store=open_store("memory://"))
+    health, ready = await probe(healthy)
+    assert (health.status_code, ready.status_code, ready.json()) == (200, 200, {"status": "ready"})
+    down = create_app(secrets=SECRET, store=_DownStore())  # type: ignore[arg-type]
+    health, ready = await probe(down)
+    assert (health.status_code, ready.status_code) == (200, 503)
+    assert ready.json()["error"] == "store_unavailable"
+
+
+def test_serve_refuses_to_start_on_a_store_it_cannot_reach(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RUNFLOW_CALLBACK_SECRETS": SECRET}
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    done = subprocess.run(
+        [sys.executable, "-m", "runflow_callbacks", "serve", "--store", unreachable],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("runflow-callbacks serve:")

@@ -4,8 +4,12 @@
 ...                  handler=handle_callback)  # doctest: +SKIP
 
 Routes: ``POST <path>`` (default ``/callbacks/runflow``) is a
-:class:`~runflow_callbacks.receiver.CallbackReceiver` on the store; ``GET /healthz`` answers
-``{"status": "ok"}``. Three ways to run, by ``handler`` and ``inbox``:
+:class:`~runflow_callbacks.receiver.CallbackReceiver` on the store; ``GET /healthz`` is the
+liveness probe (``{"status": "ok"}`` while the process serves), ``GET /readyz`` the readiness
+probe: 200 ``{"status": "ready"}`` when the store can record a callback now, 503
+``{"error": "store_unavailable", ...}`` when it cannot (down, read-only), so a load balancer
+stops routing callbacks to a replica that would answer them 503. Three ways to run, by
+``handler`` and ``inbox``:
 
 =====================  ======================================================================
 no handler             every verified callback is recorded in the inbox (state ``received``)
@@ -31,14 +35,15 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from runflow_callbacks.answers import rejection
 from runflow_callbacks.defaults import DEFAULT_CALLBACK_PATH, DEFAULT_STORE_URL
-from runflow_callbacks.errors import ConfigurationError
+from runflow_callbacks.errors import ConfigurationError, StoreError
 from runflow_callbacks.options import resolve
 from runflow_callbacks.receiver import CallbackReceiver
 from runflow_callbacks.stores import open_store
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from starlette.requests import Request
     from typing_extensions import Unpack
@@ -81,6 +86,18 @@ def load_handler(spec: str, *, flag: str = "--handler") -> Handler:
 
 async def _health(_request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
+
+
+def _readiness(store: CallbackStore) -> Callable[[Request], Awaitable[JSONResponse]]:
+    async def ready(_request: Request) -> JSONResponse:
+        try:
+            await store.ready()
+        except StoreError as error:
+            status, content = rejection(error)
+            return JSONResponse(content, status_code=status)
+        return JSONResponse({"status": "ready"})
+
+    return ready
 
 
 def create_app(
@@ -133,6 +150,7 @@ def create_app(
         routes=[
             Route(path, receiver, methods=None),
             Route("/healthz", _health, methods=["GET"]),
+            Route("/readyz", _readiness(opened), methods=["GET"]),
         ],
         lifespan=lifespan,
     )

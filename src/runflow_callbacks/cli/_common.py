@@ -269,11 +269,14 @@ def open_store_from_args(args: argparse.Namespace, *, create: bool = True) -> Ca
 
 
 def check_store_url(args: argparse.Namespace) -> None:
-    """Open and close the store of ``args`` (no I/O): a URL no backend can use is reported
-    before a server starts (see :func:`open_store_from_args`)."""
-    import asyncio  # noqa: PLC0415 - only the store commands need an event loop
+    """Open the store of ``args`` and check it can record (``ready()``: one write that changes
+    nothing), then close it: a URL no backend can use, or a store that is down or read-only,
+    is one line before a server starts (see :func:`open_store_from_args`)."""
 
-    asyncio.run(open_store_from_args(args).close())
+    async def ready(store: CallbackStore) -> None:
+        await store.ready()
+
+    run_with_store(args, ready)
 
 
 def run_with_store(

@@ -362,6 +362,11 @@ class CallbackStore(Protocol):
         """
         ...
 
+    async def ready(self) -> None:
+        """Raise :class:`~runflow_callbacks.errors.StoreError` unless the store can record a
+        callback now: one write that changes nothing (``/readyz``, and ``serve`` at start)."""
+        ...
+
     async def close(self) -> None:
         """Release connections; the store cannot be used afterwards."""
         ...

@@ -254,5 +254,8 @@ class MemoryStore(StoreBase):
         self._records[key] = as_reset(record, now)
         return True
 
+    async def ready(self) -> None:
+        self._check_open()
+
     async def close(self) -> None:
         self._closed = True

@@ -567,6 +567,13 @@ class PostgresStore(StoreBase):
 
     async def note_rejected(self, count: int = 1) -> None:
         check_limit(count, name="count")
+        await self._add_rejected(count)
+
+    async def ready(self) -> None:
+        # Adding 0 is a write: a standby or a read-only database refuses it.
+        await self._add_rejected(0)
+
+    async def _add_rejected(self, count: int) -> None:
         query = self._q(
             "INSERT INTO {counters} AS c (name, value) VALUES ('rejected', %s)"
             " ON CONFLICT (name) DO UPDATE SET value = c.value + excluded.value",

@@ -688,6 +688,10 @@ class RedisStore(StoreBase):
         check_limit(count, name="count")
         await self._call(lambda: self._client.hincrby(self._stats, "rejected", count))
 
+    async def ready(self) -> None:
+        # HINCRBY by 0 is a write: a replica or an out-of-memory server refuses it.
+        await self._call(lambda: self._client.hincrby(self._stats, "rejected", 0))
+
     async def reset_for_retry(self, key: str, *, now: datetime) -> bool:
         answer = await self._script(
             "reset", [self._hash(key), self._due, self._stats], [key, to_us(aware(now))]

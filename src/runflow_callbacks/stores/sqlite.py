@@ -624,7 +624,13 @@ class SQLiteStore(StoreBase):
 
     async def note_rejected(self, count: int = 1) -> None:
         check_limit(count, name="count")
+        await self._add_rejected(count)
 
+    async def ready(self) -> None:
+        # Adding 0 takes the write lock and commits: it fails on a read-only or broken file.
+        await self._add_rejected(0)
+
+    async def _add_rejected(self, count: int) -> None:
         def work(connection: sqlite3.Connection) -> None:
             connection.execute(
                 f"INSERT INTO {self.namespace}_counters (name, value) "  # noqa: S608 - checked
