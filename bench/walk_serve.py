@@ -48,7 +48,8 @@ LAYERS = [
     ("keys",),
     ("options", "context", "_log", "answers", "handlers"),
     ("reader",),
-    ("stores", "stores._state", "stores._logic", "stores.sqlite", "stores.memory"),
+    ("stores._text", "stores._net", "stores._state", "stores._logic"),
+    ("stores", "stores.sqlite", "stores.memory"),
     ("processing",),
     ("receiver",),
     ("asgi", "fastapi", "app", "reconcile"),
@@ -149,7 +150,7 @@ async def main() -> None:
     print(f"distinct functions of ours in other threads: {len(trace.other_calls)}")
     print(f"modules of ours on the loop: {len(modules)} ({', '.join(modules)})")
     print(f"module transitions on the loop: {transitions}")
-    print(f"upward calls: {len(trace.upward)}")
+    print(f"upward calls: {len(set(trace.upward))}")
     for call in sorted(set(trace.upward)):
         print(f"  {call}")
     print(f"thread hops: {trace.hops}")

@@ -39,22 +39,23 @@ _KEPT_CHARS: Final = MAX_KEY_CHARS - len(_DIGEST_MARK) - 64
 _ESCAPES: Final = str.maketrans({"%": "%25", ":": "%3A"})
 
 
-def _part(value: str) -> str:
-    return value.translate(_ESCAPES) if ("%" in value or ":" in value) else value
-
-
 def default_key(payload: CallbackPayload, body: bytes) -> str:
     """The default idempotency key: ``"{kind}:{subject_id}:{event}"``.
 
     ``batch:0190...:batch.succeeded`` for a batch callback; ``%`` and ``:`` inside the id or
     the event are written ``%25`` and ``%3A``, so no two callbacks share a key. A payload
     without both an id and an event is keyed by the SHA-256 of its exact body
-    (``"sha256:<hex>"``), so identical bytes still deduplicate.
+    (``"sha256:<hex>"``), so identical bytes still deduplicate. The key is :func:`bounded`.
     """
     subject, event = payload.subject_id, payload.event
-    if subject and event:
-        return f"{payload.kind}:{_part(subject)}:{_part(event)}"
-    return "sha256:" + hashlib.sha256(body).hexdigest()
+    if not (subject and event):
+        return "sha256:" + hashlib.sha256(body).hexdigest()
+    if "%" in subject or ":" in subject:
+        subject = subject.translate(_ESCAPES)
+    if "%" in event or ":" in event:
+        event = event.translate(_ESCAPES)
+    key = f"{payload.kind}:{subject}:{event}"
+    return key if len(key) < MAX_KEY_CHARS else bounded(key)
 
 
 def bounded(key: str) -> str:

@@ -232,8 +232,10 @@ class CallbackProcessor:
     async def handle(self, context: CallbackContext) -> Outcome:
         """Record one delivered callback and, in sync mode, run its handler once."""
         options = self.options
-        payload = context.payload
-        key = check_key(options.key(payload, context.body))
+        key_function = options.key
+        key = key_function(context.payload, context.body)
+        if key_function is not default_key:  # default_key's keys are valid and bounded
+            key = check_key(key)
         if options.mode == "inbox":
             outcome = await self._record(context, key)
             if outcome.status == "recorded":

@@ -165,13 +165,15 @@ class CallbackReader:
                 raise PayloadTooLargeError(limit=limit)
             if budget is not None:
                 declared = int(stripped)
-                budget.take(declared)
+                if budget.held + declared > budget.limit:  # UnverifiedBudget.take, inlined
+                    raise OverloadedError(budget=budget.limit)
+                budget.held += declared
                 self._held = declared
 
     def release(self) -> None:
         """Give back what this reader holds of the budget (idempotent)."""
         if self._held and self._budget is not None:
-            self._budget.give(self._held)
+            self._budget.held -= self._held
         self._held = 0
 
     def feed(self, chunk: bytes) -> None:
