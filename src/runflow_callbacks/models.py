@@ -13,36 +13,17 @@ lost nor an error; an unknown ``event`` parses into :class:`GenericCallbackPaylo
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, cast
 from uuid import UUID
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    TypeAdapter,
-    ValidationError,
-    create_model,
-    model_serializer,
-)
-from pydantic_core import from_json
-from typing_extensions import TypedDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from runflow_callbacks._deferred import DeferredField, defer, load_json, skim_batch, skim_run
 from runflow_callbacks._events import BATCH_EVENTS, RUN_EVENTS
 from runflow_callbacks.errors import InvalidPayloadError
 from runflow_callbacks.verifier import Secret, sign
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterable
-
-    from pydantic import GetJsonSchemaHandler
-    from pydantic.json_schema import JsonSchemaValue
-    from pydantic_core import CoreSchema
-    from typing_extensions import Self
-
     from runflow_callbacks.verifier import Body
 
 __all__ = [
@@ -68,19 +49,18 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
-class BatchOutput(_Model):
+class BatchOutput(DeferredField, _Model):
     """``output`` of a batch callback: ``{items, succeeded, failed, cancelled, total}``.
 
     The counts are checked integers. Items stay loosely typed (their shape is undocumented;
     expect objects with ``run_id``, ``status`` and ``output``/``error``) and are kept exactly
     as parsed.
 
-    When :func:`parse_callback` builds it, the counts are validated at once and the items (and
-    any field of ``output`` this version does not know) are built on first use: reading
-    ``items``, ``model_extra``, ``model_fields_set`` or an unknown field, assigning, comparing,
-    iterating, copying, pickling or dumping the model. Until then they stay in the verified
-    body the payload keeps, so code that only looks at the envelope and the counts never pays
-    for building thousands of items.
+    When :func:`parse_callback` parses a large batch, the counts and any field of ``output``
+    this version does not know are validated at once, and the items are built on first use:
+    reading ``items``, assigning, comparing, iterating, copying, pickling, ``repr`` or dumping
+    the model. Until then they stay in the verified body the payload keeps, so code that only
+    looks at the envelope and the counts never pays for building thousands of items.
     """
 
     items: list[Any] | None = None
@@ -88,101 +68,6 @@ class BatchOutput(_Model):
     failed: int | None = None
     cancelled: int | None = None
     total: int | None = None
-
-    # A deferred instance (see ``_parse_batch_deferring_items``) keeps the body it came from in
-    # ``__pydantic_private__``, which is None otherwise, as in any model without private
-    # attributes (declaring one would make pydantic initialize it on every validation).
-
-    def _materialize(self) -> None:
-        private = self.__pydantic_private__
-        if private is None:
-            return
-        # pydantic-core's parser straight into Python objects, then validation of the output
-        # alone: faster than validating from JSON, which builds a tree before the objects.
-        data = _load_json(private["_deferred_body"])
-        try:
-            built = BatchOutput.model_validate(data["output"])
-        except ValidationError as exc:
-            raise _summarize(exc, at=("output",)) from None
-        # Adopt the built state; ``__dict__`` is swapped whole (fields in their declared order),
-        # so that another thread reading meanwhile sees the old or the new, never a half.
-        object.__setattr__(self, "__pydantic_extra__", built.__pydantic_extra__)
-        object.__setattr__(self, "__pydantic_fields_set__", built.__pydantic_fields_set__)
-        object.__setattr__(self, "__dict__", built.__dict__)
-        object.__setattr__(self, "__pydantic_private__", None)
-
-    if not TYPE_CHECKING:  # keep static attribute checking strict
-
-        def __getattr__(self, name: str) -> Any:
-            if not name.startswith("_") and self.__pydantic_private__ is not None:
-                self._materialize()
-                return getattr(self, name)
-            return super().__getattr__(name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if not name.startswith("_"):
-            self._materialize()
-        super().__setattr__(name, value)
-
-    def __delattr__(self, name: str) -> None:
-        if not name.startswith("_"):
-            self._materialize()
-        super().__delattr__(name)
-
-    def __eq__(self, other: object) -> bool:
-        self._materialize()
-        if isinstance(other, BatchOutput):
-            other._materialize()
-        return super().__eq__(other)
-
-    # Compared by value and mutable, so unhashable, as any non-frozen pydantic model.
-    __hash__ = None  # type: ignore[assignment]
-
-    def __iter__(self) -> Generator[tuple[str, Any], None, None]:
-        self._materialize()
-        return super().__iter__()
-
-    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-        self._materialize()
-        return super().__repr_args__()
-
-    def __getstate__(self) -> dict[Any, Any]:
-        self._materialize()
-        return super().__getstate__()
-
-    def __copy__(self) -> Self:
-        self._materialize()
-        return super().__copy__()
-
-    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
-        self._materialize()
-        return super().__deepcopy__(memo)
-
-    @property
-    def model_extra(self) -> dict[str, Any] | None:
-        self._materialize()
-        return super().model_extra
-
-    @property
-    def model_fields_set(self) -> set[str]:
-        self._materialize()
-        return super().model_fields_set
-
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
-        self._materialize()
-        return handler(self)
-
-    @classmethod
-    def __get_pydantic_json_schema__(
-        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler, /
-    ) -> JsonSchemaValue:
-        # ``_serialize`` changes when the fields are built, not what they are: describe the
-        # serialized model by its fields (not as "any", which a wrap serializer implies).
-        if core_schema.get("type") == "model" and "serialization" in core_schema:
-            fields = {key: value for key, value in core_schema.items() if key != "serialization"}
-            core_schema = cast("CoreSchema", fields)
-        return handler(core_schema)
 
 
 class CallbackPayload(_Model):
@@ -217,11 +102,13 @@ class BatchCallbackPayload(CallbackPayload):
         return str(self.batch_id)
 
 
-class RunCallbackPayload(CallbackPayload):
+class RunCallbackPayload(CallbackPayload, DeferredField):
     """A ``run.*`` callback: carries ``run_id``.
 
     ``output`` is the normalized model output on success, an error envelope on failure and
-    null when cancelled; its shape is undocumented, so it is kept as parsed.
+    null when cancelled; its shape is undocumented, so it is kept as parsed. When
+    :func:`parse_callback` parses a large run callback, an object or array ``output`` is built
+    on first use, like a batch's items (see :class:`BatchOutput`).
     """
 
     kind: ClassVar[Literal["batch", "run", "unknown"]] = "run"
@@ -283,11 +170,12 @@ def parse_callback(body: Body, *, defer_items: bool = True) -> CallbackPayload:
     :class:`GenericCallbackPayload` for any other event. Bytes that are not a JSON object of
     that shape raise :class:`~runflow_callbacks.errors.InvalidPayloadError`.
 
-    A batch body as Runflow writes it (``event`` first) is validated without building its
-    items, which :class:`BatchOutput` builds on first use: parsing a large batch costs a
-    fraction of building it, and code that only routes, deduplicates or stores the callback
-    never pays for the items. Reading them later costs that build plus the parse already done;
-    pass ``defer_items=False`` to build everything now when you know you will read them all.
+    A large batch or run body as Runflow writes it (``event`` first) is checked whole as JSON
+    and its envelope validated, without building a batch's items or a run's output, which
+    the models build on first use: parsing costs a fraction of building, and code that only
+    routes, deduplicates or stores the callback never pays for them. The answer is the same
+    either way (the same payload, or the same error). Reading them later costs that build on
+    top; pass ``defer_items=False`` to build everything now when you know you will read it all.
     """
     if type(body) is not bytes:
         if isinstance(body, (bytearray, memoryview)):
@@ -296,11 +184,11 @@ def parse_callback(body: Body, *, defer_items: bool = True) -> CallbackPayload:
             raise TypeError(
                 f"parse_callback() takes the verified body bytes, not {type(body).__name__}"
             )
-    if defer_items and body.startswith(_BATCH_EVENT_FIRST):
-        payload = _parse_batch_deferring_items(body)
+    if defer_items and body.startswith(_EVENT_FIRST):
+        payload = _parse_envelope(body)
         if payload is not None:
             return payload
-    data = _load_json(body)
+    data = load_json(body)
     if not isinstance(data, dict):
         raise InvalidPayloadError(
             f"a callback body must be a JSON object, not {_JSON_NAMES.get(type(data), 'null')}"
@@ -311,85 +199,64 @@ def parse_callback(body: Body, *, defer_items: bool = True) -> CallbackPayload:
         raise _summarize(exc) from None
 
 
-def _load_json(body: bytes | bytearray) -> Any:
-    # One pass of pydantic-core's JSON parser (keys interned, values never echoed in errors).
-    try:
-        return from_json(body, cache_strings="keys")
-    except ValueError as exc:
-        return _loads_leniently(body, exc)
-
-
-def _loads_leniently(body: bytes | bytearray, error: ValueError) -> Any:
-    # Python's json (what Runflow writes with) also reads escaped lone surrogates such as
-    # "\udcff", which pydantic-core refuses; a verified body must not be lost over that. It is
-    # given text decoded as strict UTF-8: handed bytes, json.loads would detect UTF-16 and
-    # UTF-32 and accept them, and a callback body is UTF-8 JSON or it is a 400.
-    try:
-        text = bytes(body).decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidPayloadError(f"callback body is not valid JSON (not UTF-8): {error}") from None
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        raise InvalidPayloadError(f"callback body is not valid JSON: {error}") from None
-
-
-# --- batch callbacks, items built on first use --------------------------------------------
+# --- batch items and run outputs, built on first use ----------------------------------------
 #
-# Building a large batch's items as Python objects is most of what parsing it costs. For a body
-# that announces a batch event, pydantic validates the envelope straight from the JSON bytes
-# with a model that reads ``output.items`` only as "an array of objects" (Rust-side, nothing
-# built in Python), and ``BatchOutput`` builds the items from the kept body on first use.
-# Anything unusual (another shape of items, invalid JSON, a duplicated ``event``) falls back
-# to the eager path, which reports errors exactly as before.
+# The eager path above parses the body into Python objects, then validates them. For a batch
+# or run body written the way Runflow writes it (``event`` first), the public model's own
+# validator reads the JSON instead, and for a body larger than a few KiB only its envelope:
+# msgspec checks the whole body and finds the bytes of the batch's items or the run's output
+# (``runflow_callbacks._deferred``), pydantic validates the body with a placeholder there, and
+# the model keeps those bytes to build the field on first use. Validated from the JSON or from
+# the Python objects, a model comes out the same (tests/test_models_deferred.py compares
+# them); any error, any check that does not pass and any ``event`` the kind does not have
+# (the last duplicate is the one that counts) sends the body to the eager path, which answers
+# exactly as before.
 
-# Runflow writes ``event`` first, with ``json.dumps``' separators; a body that starts any
-# other way takes the eager path.
-_BATCH_EVENT_FIRST: Final = b'{"event": "batch.'
-
-
-class _AnyObject(TypedDict):
-    """Accepts any JSON object and keeps none of it (extra keys are ignored)."""
-
-
-class _BatchCounts(_Model):
-    model_config = ConfigDict(extra="ignore")
-
-    items: list[_AnyObject] | None = None
-    succeeded: int | None = None
-    failed: int | None = None
-    cancelled: int | None = None
-    total: int | None = None
-
-
-_BatchEnvelope = create_model(
-    "_BatchEnvelope",
-    __base__=BatchCallbackPayload,
-    output=(_BatchCounts | None, None),
-)
-# Called directly: model_validate_json's keyword handling is a measurable part of a 1 KiB parse.
-_ENVELOPE_VALIDATOR: Final = _BatchEnvelope.__pydantic_validator__
+_EVENT_FIRST: Final = b'{"event": "'
+_BATCH_FIRST: Final = b'{"event": "batch.'
+_RUN_FIRST: Final = b'{"event": "run.'
+# Up to these sizes a body is fixed-cost bound: validating it whole from the JSON (items or
+# output built at once) costs less than the skim plus the validation of the rest. A run's
+# output is mostly small values, which cost more to build than a batch's few long strings.
+_SKIM_BATCH_ABOVE: Final = 2048
+_SKIM_RUN_ABOVE: Final = 512
+_BATCH_EVENT_SET: Final = frozenset(BATCH_EVENTS)
+_RUN_EVENT_SET: Final = frozenset(RUN_EVENTS)
+# Called directly: model_validate_json's keyword handling is a measurable part of 1 KiB.
+_BATCH_VALIDATOR: Final = BatchCallbackPayload.__pydantic_validator__
+_RUN_VALIDATOR: Final = RunCallbackPayload.__pydantic_validator__
 
 
-def _parse_batch_deferring_items(body: bytes) -> BatchCallbackPayload | None:
+def _parse_envelope(body: bytes) -> CallbackPayload | None:
+    if body.startswith(_BATCH_FIRST):
+        skim, validator, events = skim_batch, _BATCH_VALIDATOR, _BATCH_EVENT_SET
+        skim_above = _SKIM_BATCH_ABOVE
+    elif body.startswith(_RUN_FIRST):
+        skim, validator, events = skim_run, _RUN_VALIDATOR, _RUN_EVENT_SET
+        skim_above = _SKIM_RUN_ABOVE
+    else:
+        return None
+    split = None
+    if len(body) > skim_above:
+        split = skim(body)
+        if split is None:
+            return None
     try:
-        envelope: BatchCallbackPayload = _ENVELOPE_VALIDATOR.validate_json(body)
+        payload: CallbackPayload = validator.validate_json(body if split is None else split[0])
     except ValidationError:
         return None
-    if envelope.event not in BATCH_EVENTS:  # the last "event" key is the one that counts
+    event = payload.event
+    if not isinstance(event, str) or event not in events:
         return None
-    # The instances pydantic just validated become the public models in place (all are plain
-    # pydantic models, with the same instance layout) rather than being copied field by field:
-    # the envelope differs from BatchCallbackPayload only in the type of ``output``, and the
-    # counts from BatchOutput only in not having built the items. ``items`` leaves
-    # ``__dict__``, so that reading it reaches ``BatchOutput.__getattr__``.
-    counts = envelope.output
-    if counts is not None:
-        del counts.__dict__["items"]
-        object.__setattr__(counts, "__pydantic_private__", {"_deferred_body": body})
-        object.__setattr__(counts, "__class__", BatchOutput)
-    object.__setattr__(envelope, "__class__", BatchCallbackPayload)
-    return envelope
+    if split is not None:
+        if isinstance(payload, RunCallbackPayload):
+            defer(payload, "output", split[1])
+        else:
+            output = cast("BatchCallbackPayload", payload).output
+            if output is None:  # cannot happen: the skim found an object with items
+                return None
+            defer(output, "items", split[1])
+    return payload
 
 
 _JSON_NAMES: Final[dict[type, str]] = {
