@@ -109,7 +109,22 @@ def test_version_says_unknown_when_the_distribution_is_not_installed(
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    monkeypatch.setattr(_metadata, "_version_from_dist_info", lambda: None)
     assert _metadata.distribution_version() == _metadata.UNKNOWN_VERSION == "0+unknown"
+
+
+def test_the_version_read_from_the_dist_info_is_what_importlib_metadata_says() -> None:
+    assert _metadata._version_from_dist_info() == importlib.metadata.version("runflow-callbacks")
+
+
+def test_a_dist_info_without_a_version_line_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "runflow_callbacks-9.dist-info"
+    broken.mkdir()
+    (broken / "METADATA").write_text("Metadata-Version: 2.4\nName: runflow-callbacks\n\nbody\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    assert _metadata._version_from_dist_info() is None
 
 
 @pytest.mark.parametrize("package", [runflow_callbacks, runflow_callbacks.testing])

@@ -13,9 +13,10 @@ run ``__getattr__``. ``__version__`` is read from the installed distribution's m
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Final
 
 from runflow_callbacks._metadata import distribution_version as _distribution_version
+
+TYPE_CHECKING = False  # importing typing costs a short command's start-up; checkers see True
 
 if TYPE_CHECKING:
     from runflow_callbacks.asgi import CallbackContext, CallbackMiddleware, get_callback
@@ -105,7 +106,7 @@ __all__ = [
 
 #: Where each public name is defined: the one table to edit when a name moves to another module
 #: (keep the ``TYPE_CHECKING`` imports above in step; ``tests/test_imports.py`` checks both).
-_EXPORTS: Final[dict[str, str]] = {
+_EXPORTS: dict[str, str] = {
     "CallbackContext": "runflow_callbacks.asgi",
     "CallbackMiddleware": "runflow_callbacks.asgi",
     "get_callback": "runflow_callbacks.asgi",

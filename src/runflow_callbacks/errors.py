@@ -25,7 +25,9 @@ signature or a payload: messages say *what* failed and how many secrets were tri
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # importing typing costs a short command's start-up; checkers see True
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "ClientDisconnectedError",

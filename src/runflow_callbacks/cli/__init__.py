@@ -18,26 +18,28 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from runflow_callbacks.errors import RunflowCallbackError
 
+TYPE_CHECKING = False  # importing typing costs a short command's start-up; checkers see True
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn
 
 __all__ = ["build_parser", "main"]
 
-#: The modules whose ``register()`` adds the subcommands, in the order ``--help`` lists them.
-_COMMAND_MODULES = (
-    "runflow_callbacks.cli.signing",
-    "runflow_callbacks.cli.demo",
-    "runflow_callbacks.cli.send",
-    "runflow_callbacks.cli.history",
-    "runflow_callbacks.cli.fake",
-    "runflow_callbacks.cli.serve",
-    "runflow_callbacks.cli.inbox",
-    "runflow_callbacks.cli.reconcile",
-)
+#: The modules whose ``register()`` adds the subcommands, in the order ``--help`` lists them,
+#: with the commands each registers (``tests/test_cli_errors.py`` checks they agree).
+_COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "runflow_callbacks.cli.signing": ("sign", "verify"),
+    "runflow_callbacks.cli.demo": ("demo",),
+    "runflow_callbacks.cli.send": ("send",),
+    "runflow_callbacks.cli.history": ("history", "redeliver"),
+    "runflow_callbacks.cli.fake": ("fake-runflow",),
+    "runflow_callbacks.cli.serve": ("serve",),
+    "runflow_callbacks.cli.inbox": ("inbox",),
+    "runflow_callbacks.cli.reconcile": ("reconcile",),
+}
 
 
 class _VersionAction(argparse.Action):
@@ -66,8 +68,14 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line: every subcommand registered, nothing heavy imported."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line, nothing heavy imported.
+
+    Given the ``argv`` about to be parsed, only what it needs is built: nothing but the
+    top-level options for ``--version``, the one command's module for a command (building
+    every command's options is most of a short command's start-up). Without ``argv``, or for
+    ``--help`` or anything unknown, every command.
+    """
     parser = argparse.ArgumentParser(
         prog="runflow-callbacks",
         description="Sign, verify, receive and debug Runflow callbacks.",
@@ -76,15 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action=_VersionAction, help="show program's version number and exit"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMAND_MODULES:
+    for name in _modules_for(argv):
         importlib.import_module(name).register(sub)
     return parser
 
 
+def _modules_for(argv: Sequence[str] | None) -> Sequence[str]:
+    if argv:
+        first = argv[0]
+        if first == "--version":
+            return ()
+        for module, commands in _COMMAND_MODULES.items():
+            if first in commands:
+                return (module,)
+    return tuple(_COMMAND_MODULES)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit status (1 for our own errors, 130 when interrupted)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(words)
+    args = parser.parse_args(words)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         status = func(args)
