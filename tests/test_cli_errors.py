@@ -395,3 +395,28 @@ def test_a_store_url_the_driver_refuses_is_reported_with_its_password_masked(
         "runflow-callbacks inbox: unusable store URL redis://:***@cache:6379/0: "
         "cannot connect with redis://:***@cache:6379/0\n"
     )
+
+
+def test_the_command_table_names_what_each_module_registers() -> None:
+    import argparse
+    import importlib
+
+    from runflow_callbacks.cli import _COMMAND_MODULES
+
+    for module, commands in _COMMAND_MODULES.items():
+        parser = argparse.ArgumentParser()
+        sub = parser.add_subparsers()
+        importlib.import_module(module).register(sub)
+        assert tuple(sub.choices) == commands, module
+
+
+def test_a_command_is_parsed_the_same_with_only_its_own_module_built() -> None:
+    from runflow_callbacks.cli import build_parser
+
+    argv = ["inbox", "list", "--store", "memory://", "--json"]
+    alone = vars(build_parser(argv).parse_args(argv))
+    everything = vars(build_parser().parse_args(argv))
+    assert alone.keys() == everything.keys()
+    assert {k: v for k, v in alone.items() if k != "func"} == {
+        k: v for k, v in everything.items() if k != "func"
+    }
