@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from runflow_callbacks.handlers import Handler
+    from runflow_callbacks.metrics import CallbackMetrics
     from runflow_callbacks.options import ReceiverArgs, ReceiverOptions
     from runflow_callbacks.stores import CallbackStore
     from runflow_callbacks.verifier import SecretsInput, Verifier
@@ -88,6 +89,18 @@ async def _health(_request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+def _metrics(metrics: bool | CallbackMetrics) -> CallbackMetrics | None:
+    if metrics is False:
+        return None
+    if metrics is True:
+        try:
+            from runflow_callbacks.metrics import CallbackMetrics  # noqa: PLC0415 - metrics extra
+        except ModuleNotFoundError as missing:
+            raise ConfigurationError(str(missing)) from None
+        return CallbackMetrics()
+    return metrics
+
+
 def _readiness(store: CallbackStore) -> Callable[[Request], Awaitable[JSONResponse]]:
     async def ready(_request: Request) -> JSONResponse:
         try:
@@ -108,6 +121,7 @@ def create_app(
     inbox: bool = False,
     path: str = DEFAULT_CALLBACK_PATH,
     namespace: str | None = None,
+    metrics: bool | CallbackMetrics = False,
     options: ReceiverOptions | None = None,
     **changes: Unpack[ReceiverArgs],
 ) -> Starlette:
@@ -119,6 +133,8 @@ def create_app(
     Every option of :class:`~runflow_callbacks.options.ReceiverOptions` may be given as a
     keyword or as ``options=``; ``inbox=True`` is short for ``mode="inbox"``, and without a
     handler the mode is always ``inbox`` (record only: nothing runs the callbacks yet).
+    ``metrics=True`` (or a :class:`~runflow_callbacks.metrics.CallbackMetrics`) counts
+    everything and answers ``GET /metrics``.
     """
     if not path.startswith("/"):
         raise ConfigurationError(f"the callback path must start with '/', not {path!r}")
@@ -130,7 +146,8 @@ def create_app(
         opened = open_store(store) if namespace is None else open_store(store, namespace=namespace)
     else:
         opened = store
-    receiver = CallbackReceiver(secrets=secrets, store=opened, options=chosen)
+    counted = _metrics(metrics)
+    receiver = CallbackReceiver(secrets=secrets, store=opened, options=chosen, metrics=counted)
     if resolved is not None:
         receiver.on_any(resolved)
 
@@ -146,14 +163,16 @@ def create_app(
             await receiver.flush_rejections()
             await opened.close()
 
-    app = Starlette(
-        routes=[
-            Route(path, receiver, methods=None),
-            Route("/healthz", _health, methods=["GET"]),
-            Route("/readyz", _readiness(opened), methods=["GET"]),
-        ],
-        lifespan=lifespan,
-    )
+    routes = [
+        Route(path, receiver, methods=None),
+        Route("/healthz", _health, methods=["GET"]),
+        Route("/readyz", _readiness(opened), methods=["GET"]),
+    ]
+    if counted is not None:
+        from runflow_callbacks.metrics import metrics_endpoint  # noqa: PLC0415 - metrics extra
+
+        routes.append(Route("/metrics", metrics_endpoint(counted, opened), methods=["GET"]))
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.receiver = receiver
     app.state.store = opened
     return app

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar, Union
 
@@ -69,11 +70,13 @@ class Registered:
 class HandlerTable:
     """One handler per event name, plus an ``on_any`` fallback."""
 
-    __slots__ = ("_by_event", "_fallback")
+    __slots__ = ("_by_event", "_fallback", "timer")
 
     def __init__(self, fallback: Handler | None = None) -> None:
         self._by_event: dict[str, Registered] = {}
         self._fallback: Registered | None = None if fallback is None else Registered(fallback)
+        #: Called with the seconds each handler run took (metrics), when set.
+        self.timer: Callable[[float], None] | None = None
 
     def on(self, event: str, *events: str) -> Callable[[H], H]:
         """Register the decorated function as the handler of one or more events."""
@@ -123,6 +126,18 @@ class HandlerTable:
         """True when no handler at all is registered (a record-only receiver)."""
         return not self._by_event and self._fallback is None
 
+    async def call(self, entry: Registered, context: CallbackContext) -> None:
+        """Run ``entry`` on ``context``, timed by :attr:`timer` when there is one."""
+        timer = self.timer
+        if timer is None:
+            await entry(context)
+            return
+        started = time.perf_counter()
+        try:
+            await entry(context)
+        finally:
+            timer(time.perf_counter() - started)
+
     async def run(self, context: CallbackContext) -> Outcome:
         """Run the handler of ``context.event`` with no store: ``processed``, ``unhandled``,
         or ``failed`` with the exception in :attr:`Outcome.error` (never raised)."""
@@ -130,7 +145,7 @@ class HandlerTable:
         if entry is None:
             return _UNHANDLED
         try:
-            await entry(context)
+            await self.call(entry, context)
         except Exception as error:  # noqa: BLE001 - any handler error becomes a 500 and a retry
             return Outcome("failed", error=error)
         return _PROCESSED

@@ -151,9 +151,12 @@ class CallbackProcessor:
         handlers: HandlerTable | Handler | None = None,
         *,
         options: ReceiverOptions | None = None,
+        on_run: Callable[[CallbackContext, Outcome], None] | None = None,
         **changes: Unpack[ReceiverArgs],
     ) -> None:
         self.store = store
+        #: Called after each run no request waits for (worker, retry, reconcile): metrics.
+        self.on_run = on_run
         if isinstance(handlers, HandlerTable):
             self.handlers = handlers
         else:
@@ -377,7 +380,8 @@ class CallbackProcessor:
         )
         try:
             await asyncio.wait_for(
-                entry(context), None if timeout is None else timeout.total_seconds()
+                self.handlers.call(entry, context),
+                None if timeout is None else timeout.total_seconds(),
             )
         finally:
             started.cancel()
@@ -412,6 +416,8 @@ class CallbackProcessor:
 
     def _log(self, context: CallbackContext, outcome: Outcome) -> None:
         log_outcome(logger, context, outcome.status, None, error=outcome.error)
+        if self.on_run is not None:
+            self.on_run(context, outcome)
 
 
 def _error_text(error: BaseException, *, max_chars: int = 2000) -> str:

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from runflow_callbacks.context import CallbackContext
     from runflow_callbacks.errors import RunflowCallbackError
     from runflow_callbacks.handlers import H
+    from runflow_callbacks.metrics import CallbackMetrics
     from runflow_callbacks.options import ReceiverArgs, ReceiverOptions
     from runflow_callbacks.stores import CallbackStore
     from runflow_callbacks.verifier import SecretsInput
@@ -102,8 +103,11 @@ class CallbackReceiver:
     ``secrets`` is one secret, several during a rotation, or a
     :class:`~runflow_callbacks.verifier.Verifier`. With a ``store`` (see
     :func:`~runflow_callbacks.stores.open_store`) callbacks are received exactly once through
-    ``receiver.processor``. Every option of :class:`~runflow_callbacks.options.ReceiverOptions`
-    may be given as a keyword argument, or all at once as ``options=``.
+    ``receiver.processor``. With ``metrics`` (a
+    :class:`~runflow_callbacks.metrics.CallbackMetrics`) it counts every answer, rejection,
+    handler run and store call there. Every option of
+    :class:`~runflow_callbacks.options.ReceiverOptions` may be given as a keyword argument, or
+    all at once as ``options=``.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class CallbackReceiver:
         *,
         secrets: SecretsInput | Verifier,
         store: CallbackStore | None = None,
+        metrics: CallbackMetrics | None = None,
         options: ReceiverOptions | None = None,
         **changes: Unpack[ReceiverArgs],
     ) -> None:
@@ -118,10 +123,22 @@ class CallbackReceiver:
         self.options = resolve(options, changes, who="CallbackReceiver")
         self.budget = UnverifiedBudget.of(self.options.max_unverified_bytes)
         self.handlers = HandlerTable()
+        #: The :class:`~runflow_callbacks.metrics.CallbackMetrics` this receiver counts in.
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.know_secrets(self.verifier)
+            self.handlers.timer = metrics.handler_seconds.observe
+            if store is not None:
+                store = metrics.timed_store(store)
         self.store = store
         self.processor: CallbackProcessor | None = None
         if store is not None:
-            self.processor = CallbackProcessor(store, self.handlers, options=self.options)
+            self.processor = CallbackProcessor(
+                store,
+                self.handlers,
+                options=self.options,
+                on_run=None if metrics is None else metrics.ran,
+            )
         elif self.options.mode != "sync":
             raise ConfigurationError("mode='inbox' needs a store to keep the inbox in")
         self._worker_running = False
@@ -183,6 +200,8 @@ class CallbackReceiver:
         write every :data:`REJECTIONS_SAVED_EVERY_SECONDS` at most: a flood of forged requests
         costs no store write per request. Override to count them elsewhere."""
         self.rejections[error.code] += 1
+        if self.metrics is not None:
+            self.metrics.refused(error.code)
         if self.store is None:
             return
         self._unsaved += 1
@@ -235,6 +254,8 @@ class CallbackReceiver:
                 return
         outcome = await self.process(context)
         log_outcome(logger, context, outcome.status, started, error=outcome.error, of=outcome)
+        if self.metrics is not None:
+            self.metrics.answered(context, outcome)
         status, body = ANSWERS[outcome.status]
         await send_answer(send, status, body)
 

@@ -76,6 +76,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=["debug", "info", "warning", "error"],
         help="log level (default: info)",
     )
+    serve.add_argument(
+        "--metrics",
+        action="store_true",
+        help="answer GET /metrics (Prometheus) on the serving port; needs the metrics extra. "
+        "Keep it off the public path: route only the callback path to serve from outside",
+    )
     add_receiver_options(serve)
     add_server_options(serve)
     serve.set_defaults(func=_check_then_serve)
@@ -108,6 +114,7 @@ def run_serve(args: argparse.Namespace) -> int:
         handler=args.handler,
         path=args.path,
         namespace=args.namespace,
+        metrics=args.metrics,
         **options_from_args(args),
     )
     logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
