@@ -15,6 +15,7 @@ recorded is looked at with ``inbox`` (:mod:`runflow_callbacks.cli.inbox`).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Final
 
@@ -77,6 +78,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="log level (default: info)",
     )
     serve.add_argument(
+        "--log-format",
+        default=os.environ.get("RUNFLOW_CALLBACK_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line, uvicorn's included "
+        "(default: $RUNFLOW_CALLBACK_LOG_FORMAT, else text)",
+    )
+    serve.add_argument(
         "--metrics",
         action="store_true",
         help="answer GET /metrics (Prometheus) on the serving port; needs the metrics extra. "
@@ -117,14 +125,24 @@ def run_serve(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         **options_from_args(args),
     )
-    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
     mode = "record only" if args.handler is None else app.state.receiver.options.mode
-    print(
+    banner = (
         f"runflow-callbacks serve: http://{args.host}:{args.port}{args.path} "
-        f"({mode}; {len(secrets)} secret(s); store {_scheme(args.store)})",
-        file=sys.stderr,
-        flush=True,
+        f"({mode}; {len(secrets)} secret(s); store {_scheme(args.store)})"
     )
+    uvicorn_logging: dict[str, object] = {}
+    if args.log_format == "json":
+        import logging.config  # noqa: PLC0415
+
+        from runflow_callbacks.logs import json_log_config  # noqa: PLC0415
+
+        config_dict = json_log_config(args.log_level)
+        logging.config.dictConfig(config_dict)
+        uvicorn_logging["log_config"] = config_dict
+        logging.getLogger("runflow_callbacks.serve").info(banner)
+    else:
+        logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
+        print(banner, file=sys.stderr, flush=True)
     from runflow_callbacks.serving import server_config  # noqa: PLC0415 - needs uvicorn
 
     head_timeout, max_connections = server_bounds(args)
@@ -137,6 +155,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_connections=max_connections,
         access_log=False,
         lifespan="on",
+        **uvicorn_logging,
     )
     uvicorn.Server(config).run()
     return 0
