@@ -24,6 +24,7 @@ from runflow_callbacks.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from runflow_callbacks.context import CallbackContext
+    from runflow_callbacks.tracing import CallbackTracing
 
 __all__ = ["Handler", "HandlerTable", "Registered"]
 
@@ -70,13 +71,15 @@ class Registered:
 class HandlerTable:
     """One handler per event name, plus an ``on_any`` fallback."""
 
-    __slots__ = ("_by_event", "_fallback", "timer")
+    __slots__ = ("_by_event", "_fallback", "timer", "tracing")
 
     def __init__(self, fallback: Handler | None = None) -> None:
         self._by_event: dict[str, Registered] = {}
         self._fallback: Registered | None = None if fallback is None else Registered(fallback)
         #: Called with the seconds each handler run took (metrics), when set.
         self.timer: Callable[[float], None] | None = None
+        #: Where each run's span goes (:mod:`runflow_callbacks.tracing`), when set.
+        self.tracing: CallbackTracing | None = None
 
     def on(self, event: str, *events: str) -> Callable[[H], H]:
         """Register the decorated function as the handler of one or more events."""
@@ -128,15 +131,22 @@ class HandlerTable:
 
     async def call(self, entry: Registered, context: CallbackContext) -> None:
         """Run ``entry`` on ``context``, timed by :attr:`timer` when there is one."""
-        timer = self.timer
-        if timer is None:
+        timer, tracing = self.timer, self.tracing
+        if timer is None and tracing is None:
             await entry(context)
             return
         started = time.perf_counter()
         try:
-            await entry(context)
+            if tracing is None:
+                await entry(context)
+            else:
+                with tracing.span(
+                    "handler", event=context.event, key=context.key, attempt=context.attempt
+                ):
+                    await entry(context)
         finally:
-            timer(time.perf_counter() - started)
+            if timer is not None:
+                timer(time.perf_counter() - started)
 
     async def run(self, context: CallbackContext) -> Outcome:
         """Run the handler of ``context.event`` with no store: ``processed``, ``unhandled``,

@@ -55,7 +55,7 @@ from runflow_callbacks.reader import UnverifiedBudget, accept
 from runflow_callbacks.verifier import Verifier
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
     from datetime import timedelta
 
     from starlette.types import Receive, Scope, Send
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from runflow_callbacks.metrics import CallbackMetrics
     from runflow_callbacks.options import ReceiverArgs, ReceiverOptions
     from runflow_callbacks.stores import CallbackStore
+    from runflow_callbacks.tracing import CallbackTracing
     from runflow_callbacks.verifier import SecretsInput
 
 __all__ = [
@@ -105,7 +106,8 @@ class CallbackReceiver:
     :func:`~runflow_callbacks.stores.open_store`) callbacks are received exactly once through
     ``receiver.processor``. With ``metrics`` (a
     :class:`~runflow_callbacks.metrics.CallbackMetrics`) it counts every answer, rejection,
-    handler run and store call there. Every option of
+    handler run and store call there; with ``tracing`` (a
+    :class:`~runflow_callbacks.tracing.CallbackTracing`) each callback is a span. Every option of
     :class:`~runflow_callbacks.options.ReceiverOptions` may be given as a keyword argument, or
     all at once as ``options=``.
     """
@@ -116,6 +118,7 @@ class CallbackReceiver:
         secrets: SecretsInput | Verifier,
         store: CallbackStore | None = None,
         metrics: CallbackMetrics | None = None,
+        tracing: CallbackTracing | None = None,
         options: ReceiverOptions | None = None,
         **changes: Unpack[ReceiverArgs],
     ) -> None:
@@ -130,6 +133,12 @@ class CallbackReceiver:
             self.handlers.timer = metrics.handler_seconds.observe
             if store is not None:
                 store = metrics.timed_store(store)
+        #: The :class:`~runflow_callbacks.tracing.CallbackTracing` spans go to, when given.
+        self.tracing = tracing
+        if tracing is not None:
+            self.handlers.tracing = tracing
+            if store is not None:
+                store = tracing.traced_store(store)
         self.store = store
         self.processor: CallbackProcessor | None = None
         if store is not None:
@@ -235,29 +244,72 @@ class CallbackReceiver:
         if scope["type"] != "http":
             await self._not_http(scope, receive, send)
             return
+        if self.tracing is not None:
+            await self._traced(self.tracing, scope, receive, send)
+            return
         started = time.perf_counter()
+        context = await self._read(scope, receive, send, started)
+        if context is None:
+            return
+        outcome = await self.process(context)
+        self._account(context, outcome, started)
+        status, body = ANSWERS[outcome.status]
+        await send_answer(send, status, body)
+
+    async def _read(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        started: float,
+        rejected: Callable[[RunflowCallbackError], Awaitable[None]] | None = None,
+    ) -> CallbackContext | None:
         # Set when a CallbackMiddleware runs in front; most requests have no state at all.
         context = existing_callback(scope) if "state" in scope else None
-        if context is None:
-            context = await accept(
-                scope,
-                receive,
-                send,
-                verifier=self.verifier,
-                options=self.options,
-                logger=logger,
-                started=started,
-                rejected=self.rejected,
-                budget=self.budget,
-            )
-            if context is None:
-                return
-        outcome = await self.process(context)
+        if context is not None:
+            return context
+        return await accept(
+            scope,
+            receive,
+            send,
+            verifier=self.verifier,
+            options=self.options,
+            logger=logger,
+            started=started,
+            rejected=self.rejected if rejected is None else rejected,
+            budget=self.budget,
+        )
+
+    def _account(self, context: CallbackContext, outcome: Outcome, started: float) -> None:
+        """The one log line, and the metrics, of a callback's answer."""
         log_outcome(logger, context, outcome.status, started, error=outcome.error, of=outcome)
         if self.metrics is not None:
             self.metrics.answered(context, outcome)
-        status, body = ANSWERS[outcome.status]
-        await send_answer(send, status, body)
+
+    async def _traced(
+        self, tracing: CallbackTracing, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """:meth:`__call__` with spans (see :mod:`runflow_callbacks.tracing`)."""
+        started = time.perf_counter()
+        with tracing.span("callback") as span:
+            refused: list[str] = []
+
+            async def rejected(error: RunflowCallbackError) -> None:
+                refused.append(error.code)
+                await self.rejected(error)
+
+            with tracing.span("verify"):
+                context = await self._read(scope, receive, send, started, rejected)
+            if context is None:
+                if refused:
+                    tracing.refused(span, refused[0])
+                return
+            outcome = await self.process(context)
+            tracing.describe(span, context, outcome)
+            self._account(context, outcome, started)
+            with tracing.span("answer"):
+                status, body = ANSWERS[outcome.status]
+                await send_answer(send, status, body)
 
     # --- lifecycle -----------------------------------------------------------------------
 
