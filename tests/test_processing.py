@@ -438,3 +438,55 @@ async def test_naive_clock_is_refused(store: CallbackStore) -> None:
     )
     with pytest.raises(ConfigurationError, match="timezone-aware"):
         await processor.handle(delivery(processor))
+
+
+class _CompleteFails:
+    """A store whose ``complete`` fails ``times`` times, as a store restarting would."""
+
+    def __init__(self, inner: CallbackStore, times: int) -> None:
+        self.inner = inner
+        self.times = times
+
+    async def complete(self, key: str, token: str, *, now: datetime) -> bool:
+        if self.times:
+            self.times -= 1
+            from runflow_callbacks.errors import StoreError
+
+            raise StoreError("connection refused")
+        return await self.inner.complete(key, token, now=now)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_a_completion_the_store_missed_is_stored_later_and_never_runs_the_handler_again(
+    store: CallbackStore,
+) -> None:
+    handler = Recorder()
+    flaky = _CompleteFails(store, times=2)
+    processor = CallbackProcessor(flaky, handler)  # type: ignore[arg-type] # a wrapper
+    first = await processor.handle(delivery(processor))
+    assert (first.status, first.http_status) == ("store_unavailable", 503)
+    for _ in range(200):  # the background write retries with backoff from 50 ms
+        record = await stored(store, first)
+        if record.state == "processed":
+            break
+        await asyncio.sleep(0.02)
+    assert record.state == "processed"
+    again = await processor.handle(delivery(processor))
+    assert again.status == "duplicate"
+    assert len(handler.calls) == 1
+
+
+async def test_a_redelivery_stores_the_missed_completion_at_once_instead_of_409(
+    store: CallbackStore,
+) -> None:
+    handler = Recorder()
+    flaky = _CompleteFails(store, times=1)
+    processor = CallbackProcessor(flaky, handler)  # type: ignore[arg-type] # a wrapper
+    first = await processor.handle(delivery(processor))
+    assert first.status == "store_unavailable"
+    again = await processor.handle(delivery(processor))  # before the background retry
+    assert (again.status, again.http_status) == ("duplicate", 200)
+    assert (await stored(store, again)).state == "processed"
+    assert len(handler.calls) == 1

@@ -61,7 +61,12 @@ from runflow_callbacks.defaults import (
     DEFAULT_LEASE,
     DEFAULT_MAX_TRIES,
 )
-from runflow_callbacks.errors import ConfigurationError, InvalidPayloadError, RunflowCallbackError
+from runflow_callbacks.errors import (
+    ConfigurationError,
+    InvalidPayloadError,
+    RunflowCallbackError,
+    StoreError,
+)
 from runflow_callbacks.handlers import Handler, HandlerTable
 from runflow_callbacks.keys import KeyFunction, check_key, default_key
 from runflow_callbacks.models import parse_callback
@@ -69,7 +74,7 @@ from runflow_callbacks.options import ExponentialBackoff, Mode, ReceiverOptions,
 from runflow_callbacks.stores import IncomingCallback
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping
     from datetime import datetime, timedelta
 
     from typing_extensions import Unpack
@@ -163,6 +168,9 @@ class CallbackProcessor:
             self.handlers = HandlerTable(handlers)
         self.options = resolve(options, changes, who="CallbackProcessor")
         self._wakeup = asyncio.Event()
+        # Ends of runs the store failed to take (key -> the write), retried in the background.
+        self._unsettled: dict[str, Callable[[], Awaitable[bool]]] = {}
+        self._settling: set[asyncio.Future[None]] = set()
 
     def __repr__(self) -> str:
         return f"CallbackProcessor({self.store!r}, mode={self.mode!r}, lease={self.lease!r})"
@@ -330,6 +338,15 @@ class CallbackProcessor:
             _incoming(context, key), now=self.options.clock(), lease=self.options.lease
         )
         if admission.token is None:
+            unsettled = self._unsettled.get(key)
+            if unsettled is not None:
+                # This processor ran it, and the store answers again: store how that run
+                # ended now, rather than answering in_progress until the lease expires.
+                await unsettled()
+                if self._unsettled.get(key) is unsettled:
+                    del self._unsettled[key]
+                record = await self.store.get(key)
+                return self._not_run(key, None if record is None else record.state)
             return self._not_run(key, admission.state)
         context = dataclasses.replace(context, key=key, attempt=admission.attempts)
         return await self._run(context, admission.token)
@@ -351,19 +368,82 @@ class CallbackProcessor:
         assert attempt is not None
         entry = self.handlers.lookup(context.payload.event)
         if entry is None:
-            await self.store.release(key, token, now=self.options.clock())
+            await self._settle(
+                key, "release", lambda: self.store.release(key, token, now=self._now())
+            )
             return Outcome("unhandled", key)
         try:
             await self._call_handler(entry, context, key, token)
         except Exception as error:  # noqa: BLE001 - every handler error is recorded and retried
             return await self._failed(key, attempt, token, error)
-        if not await self.store.complete(key, token, now=self.options.clock()):
+        done = await self._settle(
+            key, "completion", lambda: self.store.complete(key, token, now=self._now())
+        )
+        if done is None:  # the handler ran; its completion is being stored in the background
+            return Outcome("store_unavailable", key, attempt)
+        if not done:
             logger.warning(
                 "callback %r: the handler returned after its lease was taken over; "
                 "it may have run twice",
                 key,
             )
         return Outcome("processed", key, attempt)
+
+    async def _settle(
+        self, key: str, what: str, write: Callable[[], Awaitable[bool]]
+    ) -> bool | None:
+        """Store how a run ended (``write``: complete, fail or release, fenced by the run's
+        token); its answer, or None when the store failed and the write goes on in the
+        background.
+
+        A handler that ran while the store went away must not run again: its record stays
+        ``processing`` under the lease, so the write is retried with backoff until the lease
+        would expire, and a redelivery reaching this processor meanwhile completes it at once
+        (see :meth:`_admit_and_run`) rather than waiting for the lease.
+        """
+        try:
+            return await write()
+        except StoreError as error:
+            logger.warning(
+                "callback %r: the handler's %s could not be stored (%s); "
+                "retrying until its lease expires",
+                key,
+                what,
+                error,
+            )
+        self._unsettled[key] = write
+        task = asyncio.ensure_future(self._settle_later(key, what, write))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        return None
+
+    async def _settle_later(
+        self, key: str, what: str, write: Callable[[], Awaitable[bool]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.lease.total_seconds() * 0.9
+        delay = 0.05
+        try:
+            while loop.time() + delay < deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                if self._unsettled.get(key) is not write:
+                    return  # a redelivery stored it meanwhile
+                try:
+                    await write()
+                except StoreError:
+                    continue
+                logger.info("callback %r: the handler's %s is stored after all", key, what)
+                return
+            logger.warning(
+                "callback %r: the handler's %s could not be stored before its lease "
+                "expired; it may run again",
+                key,
+                what,
+            )
+        finally:
+            if self._unsettled.get(key) is write:
+                del self._unsettled[key]
 
     async def _call_handler(
         self, entry: Registered, context: CallbackContext, key: str, token: str
@@ -409,8 +489,11 @@ class CallbackProcessor:
         now = self._now()
         dead = dead or (self.max_tries is not None and attempt >= self.max_tries)
         retry_at = None if dead else now + self.backoff(attempt)
-        await self.store.fail(
-            key, token, now=now, error=_error_text(error), retry_at=retry_at, dead=dead
+        text = _error_text(error)
+        await self._settle(
+            key,
+            "failure",
+            lambda: self.store.fail(key, token, now=now, error=text, retry_at=retry_at, dead=dead),
         )
         return Outcome("failed", key, attempt, error)
 
