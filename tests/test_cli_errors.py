@@ -111,6 +111,50 @@ CASES: dict[str, Case] = {
     "send: an unknown event": Case(
         ["send", NOWHERE, "--secret", SECRET, "--event", "batch.exploded"], 2, "invalid choice"
     ),
+    "send: --set without =": Case(
+        ["send", NOWHERE, "--secret", SECRET, "--set", "batch_id"], 2, "argument --set"
+    ),
+    "send: --set with an empty field name": Case(
+        ["send", NOWHERE, "--secret", SECRET, "--set", "output..total=3"], 2, "argument --set"
+    ),
+    "send: --set through a field that is not an object": Case(
+        ["send", NOWHERE, "--secret", SECRET, "--set", "status.code=1"], 1, "not an object"
+    ),
+    "send: an unknown status for the event kind": Case(
+        ["send", NOWHERE, "--secret", SECRET, "--event", "run.failed", "--status", "exploded"],
+        1,
+        "not a status of run callbacks",
+    ),
+    "send: a negative item count": Case(
+        ["send", NOWHERE, "--secret", SECRET, "--items", "-1"], 2, "argument --items"
+    ),
+    "send: an item count that is not a number": Case(
+        ["send", NOWHERE, "--secret", SECRET, "--items", "many"], 2, "argument --items"
+    ),
+    "send: --items for a run event": Case(
+        ["send", NOWHERE, "--secret", SECRET, "--event", "run.failed", "--items", "2"],
+        1,
+        "--items counts a batch's items",
+    ),
+    "send: too few items for a partially succeeded batch": Case(
+        ["send", NOWHERE, "--secret", SECRET, "--status", "partial_succeeded", "--items", "1"],
+        1,
+        "at least 2 items",
+    ),
+    "send: --again with nothing sent yet": Case(
+        ["send", NOWHERE, "--secret", SECRET, "--again"],
+        1,
+        "--again: nothing sent yet",
+        env={"XDG_CACHE_HOME": "/proc/no-such-dir/cache"},
+    ),
+    "send: --again with --set": Case(
+        ["send", NOWHERE, "--secret", SECRET, "--again", "--set", "a=1"], 1, "--again excludes"
+    ),
+    "send: --file with --status": Case(
+        ["send", NOWHERE, "--secret", SECRET, "--file", "body.json", "--status", "failed"],
+        1,
+        "--file excludes --status",
+    ),
     # history and redeliver
     "history: neither --batch nor --run": Case(["history", *API], 2, "--batch --run"),
     "history: an API URL with a broken host": Case(
@@ -249,6 +293,52 @@ CASES: dict[str, Case] = {
     ),
     "inbox stats: a namespace SQL cannot use": Case(
         ["inbox", "stats", "--store", "memory://", "--namespace", "Drop Table"], 1, "namespace"
+    ),
+    # inbox web (--port 0 everywhere, so that a regression cannot take a real port)
+    "inbox web: a port above 65535": Case(
+        ["inbox", "web", "--port", "99999"], 2, "argument --port"
+    ),
+    "inbox web: a page size of zero": Case(
+        ["inbox", "web", "--page-size", "0"], 2, "argument --page-size"
+    ),
+    "inbox web: another host than a loopback one without a token": Case(
+        ["inbox", "web", "--host", "0.0.0.0", "--port", "0", "--store", "memory://"],
+        1,
+        "pass --token",
+    ),
+    "inbox web: a token too short": Case(
+        ["inbox", "web", "--port", "0", "--store", "memory://"],
+        1,
+        "RUNFLOW_CALLBACK_WEB_TOKEN: the web token must be at least 16",
+        env={"RUNFLOW_CALLBACK_WEB_TOKEN": PASSWORD},
+    ),
+    "inbox web: a handler without --allow-retry": Case(
+        ["inbox", "web", "--port", "0", "--store", "memory://", "--handler", "app:handle"],
+        1,
+        "--allow-retry",
+    ),
+    "inbox web: a handler that cannot be imported": Case(
+        [
+            "inbox",
+            "web",
+            "--port",
+            "0",
+            "--store",
+            "memory://",
+            "--allow-retry",
+            "--handler",
+            "no_such_module:handle",
+        ],
+        1,
+        "--handler",
+    ),
+    "inbox web: a SQLite file that does not exist": Case(
+        ["inbox", "web", "--port", "0", "--store", "sqlite:///missing.db"], 1, "does not exist"
+    ),
+    "inbox web: a Redis URL with a port that is not a number": Case(
+        ["inbox", "web", "--port", "0", "--store", f"redis://:{PASSWORD}@localhost:notaport/0"],
+        1,
+        "notaport",
     ),
     "inbox: no action": Case(["inbox"], 2, "ACTION"),
     # reconcile

@@ -31,10 +31,12 @@ from runflow_callbacks.testing.fake.state import FakeState
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from uuid import UUID
 
     from starlette.requests import Request
 
     from runflow_callbacks.testing import RunningFakeRunflow
+    from runflow_callbacks.testing.fake.state import Attempt, Delivery
 
 SECRET = "whsec_test_0123456789abcdef"
 FAST: dict[str, Any] = {"retry_delays_s": [0.01], "attempt_timeout_s": 5.0}
@@ -166,6 +168,65 @@ def test_gives_up_after_max_attempts(runflow: RunningFakeRunflow, receiver: Rece
     assert delivery.failure_detail == "the receiver answered 503"
     assert delivery.next_attempt_at is None
     assert delivery.completed_at is not None
+
+
+@dataclass
+class AttemptLog:
+    """An ``on_attempt`` listener: what it saw of each attempt, when it was told."""
+
+    seen: list[tuple[int, int | None, str, UUID]] = field(default_factory=list)
+
+    def __call__(self, delivery: Delivery, attempt: Attempt) -> None:
+        self.seen.append(
+            (attempt.attempt_number, attempt.status_code, delivery.status_code, attempt.id)
+        )
+
+
+def test_on_attempt_is_told_of_every_attempt_once_its_outcome_is_recorded(
+    receiver: Receiver,
+) -> None:
+    receiver.answers.extend([500, 401])
+    told = AttemptLog()
+    fake = FakeRunflow(secret=SECRET, max_attempts=3, **FAST)
+    fake.engine.on_attempt = told
+    with serve_fake_runflow(fake) as rf:
+        batch = rf.create_batch(callback_url=receiver.url)
+        delivery = rf.wait_for_delivery(batch_id=batch["id"])
+    assert [seen[:3] for seen in told.seen] == [
+        (1, 500, "pending"),
+        (2, 401, "pending"),
+        (3, 200, "succeeded"),
+    ]
+    assert [seen[3] for seen in told.seen] == [a.id for a in delivery.attempts or []]
+
+
+def test_on_attempt_sees_a_delivery_that_gave_up_as_failed(receiver: Receiver) -> None:
+    receiver.answers.extend([503, 503])
+    told = AttemptLog()
+    fake = FakeRunflow(secret=SECRET, max_attempts=2, **FAST)
+    fake.engine.on_attempt = told
+    with serve_fake_runflow(fake) as rf:
+        batch = rf.create_batch(callback_url=receiver.url)
+        assert rf.wait_for_delivery(batch_id=batch["id"]).status_code == "failed"
+    assert [seen[:3] for seen in told.seen] == [(1, 503, "pending"), (2, 503, "failed")]
+
+
+def test_a_listener_that_raises_is_logged_and_the_delivery_goes_on(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(_delivery: Delivery, _attempt: Attempt) -> None:
+        raise RuntimeError("listener broke")
+
+    receiver.answers.append(500)
+    fake = FakeRunflow(secret=SECRET, max_attempts=2, **FAST)
+    fake.engine.on_attempt = broken
+    with caplog.at_level("ERROR"), serve_fake_runflow(fake) as rf:
+        batch = rf.create_batch(callback_url=receiver.url)
+        delivery = rf.wait_for_delivery(batch_id=batch["id"])
+    assert (delivery.status_code, delivery.attempt_count) == ("succeeded", 2)
+    failures = [r for r in caplog.records if "on_attempt failed" in r.getMessage()]
+    assert len(failures) == 2
+    assert all(r.exc_info is not None for r in failures)
 
 
 def test_connection_errors_and_timeouts_are_recorded(receiver: Receiver) -> None:
@@ -344,6 +405,9 @@ def test_faults_answer_the_next_api_calls(runflow: RunningFakeRunflow, http: htt
 def test_engine_schedule_and_configuration() -> None:
     engine = DeliveryEngine(FakeState(), retry_delays_s=[0.5, 1])
     assert [engine.retry_delay_s(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert engine.on_attempt is None
+    told = AttemptLog()
+    assert DeliveryEngine(FakeState(), on_attempt=told).on_attempt is told
     bad: list[dict[str, Any]] = [
         {"retry_delays_s": []},
         {"max_attempts": 0},

@@ -10,6 +10,11 @@ Then create a finished batch (its callback is delivered at once) and follow its 
     curl -X POST localhost:8010/_fake/batches -d '{"callback_url": "http://localhost:8000/cb"}'
     RUNFLOW_API_URL=http://localhost:8010 RUNFLOW_API_KEY=rf_local \\
         runflow-callbacks history --batch <id>
+
+While it serves, every delivery attempt is one line on stdout as it ends
+(:func:`format_attempt`), flushed at once, like ``stripe listen``::
+
+    2026-12-01 21:04:05.123Z  delivery 5b0c…  batch.failed  batch 0190…  attempt 1/5  HTTP 401  4 ms
 """
 
 from __future__ import annotations
@@ -17,14 +22,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from runflow_callbacks.cli._common import (
     SECRETS_ENV_VARIABLE,
     add_secret_options,
     port_number,
     secrets_from_args,
+    shown,
 )
+from runflow_callbacks.cli.history import format_time
 from runflow_callbacks.defaults import (
     API_KEY_ENV,
     FAKE_ATTEMPT_TIMEOUT_S,
@@ -33,7 +40,10 @@ from runflow_callbacks.defaults import (
 )
 from runflow_callbacks.errors import ConfigurationError
 
-__all__ = ["parse_delays", "register", "run_fake_runflow"]
+if TYPE_CHECKING:
+    from runflow_callbacks.testing.fake.state import Attempt, Delivery
+
+__all__ = ["format_attempt", "parse_delays", "register", "run_fake_runflow"]
 
 #: uvicorn's log levels (``uvicorn.config.LOG_LEVELS``), spelled out: importing uvicorn to build
 #: the parser would cost every command.
@@ -53,6 +63,37 @@ def parse_delays(text: str) -> tuple[float, ...]:
     return delays
 
 
+def format_attempt(delivery: Delivery, attempt: Attempt) -> str:
+    """The line ``fake-runflow`` prints when an attempt ends.
+
+    When it started (UTC, milliseconds), the delivery's id, the event, the batch or run id,
+    ``attempt n/max``, the receiver's HTTP status (or why there was none: the timeout or
+    connection error, escaped by :func:`shown`), and how long the attempt took.
+    """
+    event = delivery.subject.payload.get("event")
+    outcome = (
+        f"HTTP {attempt.status_code}"
+        if attempt.status_code is not None
+        else shown(attempt.error_message or None, missing="no answer")
+    )
+    latency = "-" if attempt.response_time_ms is None else f"{attempt.response_time_ms} ms"
+    return "  ".join(
+        (
+            format_time(attempt.created_at),
+            f"delivery {delivery.id}",
+            shown(event if isinstance(event, str) else None, missing="?"),
+            f"{delivery.subject.kind} {delivery.subject.id}",
+            f"attempt {attempt.attempt_number}/{delivery.max_attempts}",
+            outcome,
+            latency,
+        )
+    )
+
+
+def _print_attempt(delivery: Delivery, attempt: Attempt) -> None:
+    print(format_attempt(delivery, attempt), flush=True)
+
+
 def _delays(text: str) -> tuple[float, ...]:
     # The type of --retry-delays: argparse shows an ArgumentTypeError's own message.
     try:
@@ -69,7 +110,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Serve the fake Runflow: POST /_fake/batches or /_fake/runs creates a finished batch "
             "or run and delivers its callback (signed, retried, recorded); the API answers "
-            "delivery history, redeliveries and callback secrets. Needs uvicorn."
+            "delivery history, redeliveries and callback secrets. Each delivery attempt is "
+            "one line on stdout as it ends: the time (UTC), the delivery id, the event, the "
+            "batch or run id, attempt n/max, the HTTP status or the connection error, and the "
+            "latency. Needs uvicorn."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
@@ -144,6 +188,7 @@ def run_fake_runflow(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         attempt_timeout_s=args.attempt_timeout,
     )
+    fake.engine.on_attempt = _print_attempt
     try:
         import uvicorn  # noqa: PLC0415 - optional dependency, needed only to serve
     except ImportError:  # pragma: no cover - depends on the installation

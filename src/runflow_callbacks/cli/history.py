@@ -7,14 +7,17 @@
 
 Both talk to the Runflow API at ``--api-url`` (or ``$RUNFLOW_API_URL``, default
 ``https://api.runflow.io``) with ``--api-key`` (or ``$RUNFLOW_API_KEY``).
-:func:`format_history` is the table ``history`` prints; the texts the API answered (states,
-failure details, error messages) are shown escaped, so that none can break or forge a line.
+:func:`format_history` is the table ``history`` prints, times in UTC to the millisecond
+(:func:`format_time`); the texts the API answered (states, failure details, error messages,
+the receiver's answers) are shown escaped, so that none can break or forge a line, and each
+answer is cut to :data:`MAX_SHOWN_ANSWER_CHARS`.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from datetime import timezone
+from typing import TYPE_CHECKING, Any, Final
 
 from runflow_callbacks.cli._common import add_api_options, client_from_args, shown
 
@@ -25,7 +28,17 @@ if TYPE_CHECKING:
 
     from runflow_callbacks.models import CallbackDelivery
 
-__all__ = ["format_history", "register", "run_history", "run_redeliver"]
+__all__ = [
+    "MAX_SHOWN_ANSWER_CHARS",
+    "format_history",
+    "format_time",
+    "register",
+    "run_history",
+    "run_redeliver",
+]
+
+#: How much of a receiver's answer body one attempt's row shows (escaped, then cut).
+MAX_SHOWN_ANSWER_CHARS: Final = 60
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="show the callback deliveries of a batch or run",
         description=(
             "Show each delivery of a batch's or run's callback: its state, whether it was "
-            "automatic or a manual redelivery, and every attempt's HTTP status, response time "
-            "and error. --json prints the records exactly as the API answered them."
+            "automatic or a manual redelivery, and every attempt's time (UTC), HTTP status, "
+            f"response time, answer body (its first {MAX_SHOWN_ANSWER_CHARS} characters, "
+            "escaped) and error. --json prints the records exactly as the API answered them."
         ),
     )
     _add_subject_options(history)
@@ -60,12 +74,32 @@ def _add_subject_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--run", metavar="ID", help="a run id")
 
 
+def format_time(value: datetime) -> str:
+    """``value`` in UTC to the millisecond, ``2026-12-01 21:04:05.123Z`` (a naive one is
+    taken as UTC already)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc)
+    return f"{value:%Y-%m-%d %H:%M:%S}.{value.microsecond // 1000:03d}Z"
+
+
 def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+    return "-" if value is None else format_time(value)
+
+
+def _answer(body: str | None) -> str:
+    """A receiver's answer in one cell: surrounding blanks dropped, escaped, then cut."""
+    text = shown((body or "").strip() or None)
+    if len(text) > MAX_SHOWN_ANSWER_CHARS:
+        text = text[: MAX_SHOWN_ANSWER_CHARS - 1] + "…"
+    return text
 
 
 def format_history(deliveries: Sequence[CallbackDelivery]) -> str:
-    """A readable table of deliveries and their attempts (what ``history`` prints)."""
+    """A readable table of deliveries and their attempts (what ``history`` prints).
+
+    Times are UTC with milliseconds; each attempt shows the start of the receiver's answer
+    body (:data:`MAX_SHOWN_ANSWER_CHARS`) and its error, both escaped by :func:`shown`.
+    """
     if not deliveries:
         return "no callback deliveries"
     lines: list[str] = []
@@ -85,23 +119,25 @@ def format_history(deliveries: Sequence[CallbackDelivery]) -> str:
             header += f"  next attempt {_when(delivery.next_attempt_at)}"
         lines.append(header)
         lines.append(f"  id {delivery.id}  signed with {delivery.signing_secret_id or 'no secret'}")
-        rows = [("#", "at", "HTTP", "time", "error")]
+        rows = [("#", "at (UTC)", "HTTP", "time", "answer", "error")]
         rows += [
             (
                 str(attempt.attempt_number or "?"),
                 _when(attempt.created_at),
                 "-" if attempt.status_code is None else str(attempt.status_code),
                 "-" if attempt.response_time_ms is None else f"{attempt.response_time_ms} ms",
+                _answer(attempt.response_body),
                 shown(attempt.error_message or None),
             )
             for attempt in attempts
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        padded = len(rows[0]) - 1  # every column but the last, the error, is padded
+        widths = [max(len(row[i]) for row in rows) for i in range(padded)]
         lines += [
             "  "
-            + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4]))
+            + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:padded]))
             + "  "
-            + row[4]
+            + row[padded]
             for row in rows
         ]
     return "\n".join(lines)

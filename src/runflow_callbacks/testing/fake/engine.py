@@ -4,12 +4,14 @@ A delivery is signed once, when it is created, with the organization's current c
 (unsigned when it has none); every attempt sends the same bytes and signature with a fresh
 ``Runflow-Request-Id``. A non-2xx answer, a timeout or a connection error fails the attempt;
 the next one follows after ``retry_delays_s[n - 1]`` seconds (the last delay doubles for
-attempts past the end of the list) until ``max_attempts`` is reached.
+attempts past the end of the list) until ``max_attempts`` is reached. ``on_attempt``, when
+set, is told of every attempt once it ended (``fake-runflow`` prints a line for each).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -31,6 +33,9 @@ from runflow_callbacks.wire import dumps_payload
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
+    #: Told of each attempt that ended, with its delivery (see :class:`DeliveryEngine`).
+    AttemptListener = Callable[[Delivery, Attempt], object]
+
 __all__ = [
     "DEFAULT_ATTEMPT_TIMEOUT_S",
     "DEFAULT_MAX_ATTEMPTS",
@@ -46,6 +51,8 @@ DEFAULT_ATTEMPT_TIMEOUT_S: Final = FAKE_ATTEMPT_TIMEOUT_S
 #: How much of a receiver's answer is kept in ``response_body``.
 MAX_RESPONSE_BODY_CHARS: Final = 2048
 
+_logger = logging.getLogger(__name__)
+
 
 def utc_now() -> datetime:
     """The current UTC time (the engine's default clock)."""
@@ -57,6 +64,12 @@ class DeliveryEngine:
 
     ``clock`` stamps the records; ``sleep`` waits between attempts (inject one to control time
     in tests); ``transport`` replaces the HTTP transport (default: real HTTP).
+
+    ``on_attempt`` (or the attribute of that name, set later) is called in the serving loop
+    with the :class:`Delivery` and the :class:`Attempt` each time an attempt ends, once
+    everything about it is recorded: the attempt's status or error and latency, and the
+    delivery's new state (``succeeded``, ``pending`` with its ``next_attempt_at``, or
+    ``failed``). It must not block; an exception it raises is logged and the delivery goes on.
     """
 
     def __init__(
@@ -69,6 +82,7 @@ class DeliveryEngine:
         clock: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_attempt: AttemptListener | None = None,
     ) -> None:
         delays = tuple(float(delay) for delay in retry_delays_s)
         if not delays or any(delay < 0 for delay in delays):
@@ -83,6 +97,7 @@ class DeliveryEngine:
         self.attempt_timeout_s = attempt_timeout_s
         self.clock = clock
         self.sleep = sleep
+        self.on_attempt: AttemptListener | None = on_attempt
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -136,6 +151,7 @@ class DeliveryEngine:
     async def _deliver(self, delivery: Delivery, signature: str | None) -> None:
         for number in range(1, delivery.max_attempts + 1):
             if await self._attempt(delivery, number, signature):
+                self._report_attempt(delivery)
                 return
             now = self.clock()
             if number == delivery.max_attempts:
@@ -143,12 +159,24 @@ class DeliveryEngine:
                 delivery.next_attempt_at = None
                 delivery.completed_at = now
                 delivery.updated_at = now
+                self._report_attempt(delivery)
                 return
             delay = self.retry_delay_s(number)
             delivery.status_code = "pending"
             delivery.next_attempt_at = now + timedelta(seconds=delay)
             delivery.updated_at = now
+            self._report_attempt(delivery)
             await self.sleep(delay)
+
+    def _report_attempt(self, delivery: Delivery) -> None:
+        """Tell ``on_attempt`` of the attempt that just ended (the delivery's last)."""
+        listener = self.on_attempt
+        if listener is None:
+            return
+        try:
+            listener(delivery, delivery.attempts[-1])
+        except Exception:
+            _logger.exception("on_attempt failed on delivery %s; the delivery goes on", delivery.id)
 
     async def _attempt(self, delivery: Delivery, number: int, signature: str | None) -> bool:
         started = self.clock()
