@@ -6,6 +6,7 @@
     runflow-callbacks inbox show batch:0190f2a4-...:batch.succeeded
     runflow-callbacks inbox retry batch:0190f2a4-...:batch.succeeded --handler app:handle
     runflow-callbacks inbox stats
+    runflow-callbacks inbox web --allow-retry --handler app:handle
 
 Every action reads the store of ``--store`` within ``--namespace`` (see
 :mod:`runflow_callbacks.cli.serve`), and none creates it: a store that does not exist is an
@@ -13,18 +14,24 @@ error. ``retry`` with ``--handler`` runs the callbacks at once; without it, it r
 a running ``serve --inbox`` worker. It exits 0 only when every callback named was run
 successfully (or reset). Values that came from a request (keys, events, headers) are shown
 escaped (:func:`~runflow_callbacks.cli._common.shown`), so they cannot break or forge a line.
+``web`` serves the same in a browser (:mod:`runflow_callbacks.web`): on 127.0.0.1 unless
+given a ``--token``, read-only unless given ``--allow-retry``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from runflow_callbacks.cli._common import (
     add_handler_option,
     add_store_options,
     handler_from_args,
+    open_store_from_args,
+    port_number,
     processor_for,
     run_with_store,
     shown,
@@ -32,7 +39,6 @@ from runflow_callbacks.cli._common import (
 from runflow_callbacks.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Iterator
 
     from runflow_callbacks.stores import CallbackStore, StoredCallback
@@ -43,7 +49,14 @@ __all__ = [
     "run_inbox_retry",
     "run_inbox_show",
     "run_inbox_stats",
+    "run_inbox_web",
 ]
+
+#: Where ``inbox web`` reads its token when no ``--token`` is given.
+WEB_TOKEN_ENV: Final = "RUNFLOW_CALLBACK_WEB_TOKEN"  # noqa: S105 - a variable name
+#: Callbacks on a page of ``inbox web`` (``runflow_callbacks.web.DEFAULT_PAGE_SIZE``, not
+#: imported: building the parser must not load Starlette).
+_WEB_PAGE_SIZE: Final = 50
 
 
 class _StoreStates:
@@ -63,7 +76,7 @@ class _StoreStates:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``inbox`` and its actions (``list``, ``show``, ``retry``, ``stats``)."""
+    """Add ``inbox`` and its actions (``list``, ``show``, ``retry``, ``stats``, ``web``)."""
     inbox = subparsers.add_parser(
         "inbox",
         help="look at and re-run what the receiver recorded",
@@ -107,6 +120,66 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_store_options(stats)
     stats.add_argument("--json", action="store_true", help="print a JSON object")
     stats.set_defaults(func=run_inbox_stats)
+
+    web = actions.add_parser(
+        "web",
+        help="the inbox in a browser: counts, callbacks, details (and retry, if allowed)",
+        description=(
+            "Serve pages showing the store's counts, its callbacks (newest first, filtered by "
+            "state, event and time received) and each callback's headers, body and last error. "
+            "Read-only unless --allow-retry. Binds 127.0.0.1 unless --host says otherwise, "
+            "which needs a --token."
+        ),
+    )
+    add_store_options(web)
+    web.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface (default: 127.0.0.1); any other than a loopback one needs --token",
+    )
+    web.add_argument(
+        "--port",
+        type=port_number,
+        default=8080,
+        help="port (default: 8080; 0: any free port, named in uvicorn's log)",
+    )
+    web.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help=(
+            "every request must carry it (Authorization: Bearer TOKEN, or ?token=TOKEN once, "
+            f"kept as a cookie); 16 characters or more (default: ${WEB_TOKEN_ENV}; prefer the "
+            "variable: command-line values are visible in the process list)"
+        ),
+    )
+    web.add_argument(
+        "--allow-retry",
+        action="store_true",
+        help="add a Retry button to the page of a failed, dead, unhandled or received callback",
+    )
+    add_handler_option(
+        web,
+        what="with --allow-retry: a retried callback runs now; without a handler it is made due "
+        "again for a running 'serve --inbox' worker",
+    )
+    web.add_argument(
+        "--page-size",
+        type=_positive,
+        default=_WEB_PAGE_SIZE,
+        metavar="N",
+        help=f"callbacks a page (default: {_WEB_PAGE_SIZE})",
+    )
+    web.set_defaults(func=run_inbox_web)
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return number
 
 
 def _when(record: StoredCallback) -> str:
@@ -219,4 +292,72 @@ def run_inbox_stats(args: argparse.Namespace) -> int:
     else:
         for name, value in counts.items():
             print(f"{name + ':':<12}{value}")
+    return 0
+
+
+def run_inbox_web(args: argparse.Namespace) -> int:
+    """Serve the inbox pages until interrupted."""
+    # The pages (starlette) and their checks: for this action only.
+    from runflow_callbacks.web import check_token, is_loopback  # noqa: PLC0415
+
+    if args.token is not None:
+        token: str | None = args.token
+        origin = "--token"
+    else:
+        token = os.environ.get(WEB_TOKEN_ENV) or None
+        origin = f"${WEB_TOKEN_ENV}"
+    if token is not None:
+        try:
+            check_token(token)
+        except ConfigurationError as error:
+            raise ConfigurationError(f"{origin}: {error}") from None
+    elif not is_loopback(args.host):
+        raise ConfigurationError(
+            f"--host {shown(args.host)} is not a loopback address: pass --token (or set "
+            f"{WEB_TOKEN_ENV}) so that every request must carry it"
+        )
+    if args.handler is not None and not args.allow_retry:
+        raise ConfigurationError("--handler runs retried callbacks: add --allow-retry")
+    try:
+        import uvicorn  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        raise ConfigurationError(
+            "inbox web needs uvicorn: pip install 'runflow-callbacks[serve]'"
+        ) from None
+    import logging  # noqa: PLC0415 - the retries' log lines
+
+    from runflow_callbacks.stores import mask_url  # noqa: PLC0415
+    from runflow_callbacks.web import create_web_app  # noqa: PLC0415
+
+    handler = handler_from_args(args)
+
+    async def check(store: CallbackStore) -> None:
+        await store.stats()  # a store that does not exist, or is down, is one line now
+
+    run_with_store(args, check, create=False)
+    app = create_web_app(
+        open_store_from_args(args, create=False),
+        handler=handler,
+        allow_retry=args.allow_retry,
+        token=token,
+        page_size=args.page_size,
+        label=mask_url(args.store),
+    )
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    mode = "retry allowed" if args.allow_retry else "read-only"
+    access = "token required" if token is not None else "loopback only"
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    print(
+        f"runflow-callbacks inbox web: http://{host}:{args.port}/ ({mode}; {access}; "
+        f"store {mask_url(args.store)})",
+        file=sys.stderr,
+        flush=True,
+    )
+    # No access log: a first request carries ?token=, which must never be written anywhere.
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="info", access_log=False, lifespan="on"
+    )
+    uvicorn.Server(config).run()
     return 0
