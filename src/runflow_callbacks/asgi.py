@@ -35,7 +35,7 @@ from runflow_callbacks._log import log_outcome
 from runflow_callbacks.context import STATE_KEY, CallbackContext, existing_callback, get_callback
 from runflow_callbacks.defaults import DEFAULT_CALLBACK_PATH, DEFAULT_MAX_BODY_BYTES
 from runflow_callbacks.errors import ConfigurationError
-from runflow_callbacks.options import READER_OPTIONS, resolve
+from runflow_callbacks.options import READER_OPTIONS, ReaderView, resolve
 from runflow_callbacks.reader import UnverifiedBudget, accept
 from runflow_callbacks.verifier import Verifier
 
@@ -61,7 +61,7 @@ __all__ = [
 logger = logging.getLogger("runflow_callbacks.asgi")
 
 
-class CallbackMiddleware:
+class CallbackMiddleware(ReaderView):
     """Verify Runflow callbacks before the app sees them (pure ASGI).
 
     Only ``http`` requests whose path is one of ``path`` (one path or several; default
@@ -96,14 +96,6 @@ class CallbackMiddleware:
         self.paths = frozenset([path] if isinstance(path, str) else path)
         if not self.paths:
             raise ConfigurationError("CallbackMiddleware needs at least one callback path")
-
-    @property
-    def max_body_bytes(self) -> int:
-        return self.options.max_body_bytes
-
-    @property
-    def allow_unsigned(self) -> bool:
-        return self.options.allow_unsigned
 
     async def rejected(self, error: RunflowCallbackError) -> None:
         """Called once for each request answered 400, 401 or 413; override to count them."""

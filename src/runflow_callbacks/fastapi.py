@@ -48,7 +48,7 @@ from runflow_callbacks.answers import METHOD_NOT_ALLOWED, rejection
 from runflow_callbacks.context import STATE_KEY, CallbackContext, existing_callback
 from runflow_callbacks.errors import ConfigurationError, RunflowCallbackError
 from runflow_callbacks.models import CallbackPayload
-from runflow_callbacks.options import READER_OPTIONS, resolve
+from runflow_callbacks.options import READER_OPTIONS, ReaderView, resolve
 from runflow_callbacks.reader import CallbackReader, UnverifiedBudget, within
 from runflow_callbacks.verifier import Verifier
 
@@ -67,7 +67,7 @@ P = TypeVar("P", bound=CallbackPayload)
 logger = logging.getLogger("runflow_callbacks.fastapi")
 
 
-class CallbackDependency:
+class CallbackDependency(ReaderView):
     """A FastAPI dependency: ``Depends(dependency)`` gives the route the verified
     :class:`~runflow_callbacks.context.CallbackContext`; ``Depends(dependency.payload(Model))``
     gives the typed payload.
@@ -90,14 +90,6 @@ class CallbackDependency:
         self.verifier = secrets if isinstance(secrets, Verifier) else Verifier(secrets)
         self.options = resolve(options, changes, allowed=READER_OPTIONS, who="CallbackDependency")
         self.budget = UnverifiedBudget.of(self.options.max_unverified_bytes)
-
-    @property
-    def max_body_bytes(self) -> int:
-        return self.options.max_body_bytes
-
-    @property
-    def allow_unsigned(self) -> bool:
-        return self.options.allow_unsigned
 
     async def rejected(self, error: RunflowCallbackError) -> None:
         """Called once for each request answered 400, 401 or 413; override to count them."""

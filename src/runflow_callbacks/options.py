@@ -65,6 +65,7 @@ __all__ = [
     "ExponentialBackoff",
     "Mode",
     "ReaderArgs",
+    "ReaderView",
     "ReceiverArgs",
     "ReceiverOptions",
 ]
@@ -171,6 +172,22 @@ _FIELDS: Final = frozenset(item.name for item in dataclasses.fields(ReceiverOpti
 READER_OPTIONS: Final = frozenset(
     {"max_body_bytes", "allow_unsigned", "body_timeout", "max_unverified_bytes", "clock"}
 )
+
+
+class ReaderView:
+    """The reader options of a front door's ``options`` as attributes of their own
+    (``middleware.max_body_bytes``...), as 0.1 had them."""
+
+    __slots__ = ()
+    options: ReceiverOptions
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.options.max_body_bytes
+
+    @property
+    def allow_unsigned(self) -> bool:
+        return self.options.allow_unsigned
 
 
 class ReaderArgs(TypedDict, total=False):

@@ -49,7 +49,7 @@ from runflow_callbacks.answers import ANSWERS, Outcome, send_answer
 from runflow_callbacks.context import existing_callback
 from runflow_callbacks.errors import ConfigurationError, StoreError
 from runflow_callbacks.handlers import Handler, HandlerTable
-from runflow_callbacks.options import resolve
+from runflow_callbacks.options import ReaderView, resolve
 from runflow_callbacks.processing import CallbackProcessor
 from runflow_callbacks.reader import UnverifiedBudget, accept
 from runflow_callbacks.verifier import Verifier
@@ -95,7 +95,7 @@ STORE_UNAVAILABLE: Final = Outcome("store_unavailable")
 REJECTIONS_SAVED_EVERY_SECONDS: Final = 5.0
 
 
-class CallbackReceiver:
+class CallbackReceiver(ReaderView):
     """An ASGI endpoint that verifies callbacks and dispatches each to its handler.
 
     Mount it as a Starlette ``Route`` (``Route("/callbacks/runflow", receiver)``), with
@@ -156,15 +156,6 @@ class CallbackReceiver:
         self._unsaved = 0
         self._saved_at = time.monotonic()
         self._saving: asyncio.Task[None] | None = None
-
-    # The reader options, by name (read-only).
-    @property
-    def max_body_bytes(self) -> int:
-        return self.options.max_body_bytes
-
-    @property
-    def allow_unsigned(self) -> bool:
-        return self.options.allow_unsigned
 
     # --- registration --------------------------------------------------------------------
 
