@@ -136,9 +136,7 @@ def _cycle(store: CallbackStore, item: IncomingCallback) -> Callable[[], Awaitab
     return run
 
 
-def _handle(
-    processor: CallbackProcessor, item: CallbackContext
-) -> Callable[[], Awaitable[object]]:
+def _handle(processor: CallbackProcessor, item: CallbackContext) -> Callable[[], Awaitable[object]]:
     async def run() -> None:
         outcome = await processor.handle(item)
         assert outcome.ok, outcome
