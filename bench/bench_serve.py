@@ -22,7 +22,14 @@ callbacks per second, each round's figure, the ratio to the store-less receiver 
 load, and the server's CPU time per request (steadier than req/s on a shared machine). SQLite
 runs with ``synchronous=FULL``: every commit reaches the disk.
 
+The receiver runs pinned to CPU 0 (as in ``bench_middleware.py``) and wrk to CPU 1; ``serve``
+is not pinned unless ``--pin-serve`` is given, so its SQLite writer thread may run on either CPU.
+``--baseline SRC`` adds the two ``serve`` configurations once more, importing
+runflow-callbacks from ``SRC`` (the ``src`` directory of another checkout, e.g. a
+``git worktree`` of main): before and after a change, measured in the same rounds.
+
     python bench/bench_serve.py [--seconds 5] [--rounds 3] [--connections 16] [--pool 40000]
+                                [--pin-serve] [--baseline SRC]
 """
 
 from __future__ import annotations
@@ -40,7 +47,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-from bench_middleware import BODY_BYTES, LUA, PATH, SECRET, Run, Server, callback_body, run_wrk
+from bench_middleware import (
+    BODY_BYTES,
+    LUA,
+    PATH,
+    SECRET,
+    Run,
+    Server,
+    callback_body,
+    pinned,
+    run_wrk,
+)
 
 from runflow_callbacks import sign
 from runflow_callbacks.stores import open_store
@@ -51,6 +68,8 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = ("receiver (no store)", "serve sqlite, sync", "serve sqlite, record only")
+#: The suffix of the configurations that run the ``--baseline`` tree.
+BASELINE = " (baseline)"
 LOADS = ("duplicates", "distinct")
 #: The batch id of ``callback_body``; distinct bodies swap it for a fresh one of equal length.
 TEMPLATE_ID = b"0190f2a4-0000-7000-8000-000000000002"
@@ -80,16 +99,26 @@ async def no_op(context: CallbackContext) -> None:
 
 
 class ServeServer(Server):
-    """``runflow-callbacks serve`` in its own process (``--log-level warning``)."""
+    """``runflow-callbacks serve`` in its own process (``--log-level warning``).
 
-    def __init__(self, *args: str) -> None:
+    ``source`` is a directory to import runflow-callbacks from instead of the installed one
+    (``--baseline``); ``pin`` binds the whole process to CPU 0, where the receiver runs.
+    """
+
+    def __init__(self, *args: str, source: Path | None = None, pin: bool = False) -> None:
         self.port = free_port()
+        path = [str(HERE)] if source is None else [str(source), str(HERE)]
+        command = [
+            *(sys.executable, "-m", "runflow_callbacks", "serve"),
+            *("--port", str(self.port), "--log-level", "warning", *args),
+        ]
         self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "runflow_callbacks", "serve"),
-                *("--port", str(self.port), "--log-level", "warning", *args),
-            ],
-            env={**os.environ, "PYTHONPATH": str(HERE), "RUNFLOW_CALLBACK_SECRETS": SECRET},
+            pinned(0, command) if pin else command,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(path),
+                "RUNFLOW_CALLBACK_SECRETS": SECRET,
+            },
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,  # the startup banner; failures show as wrk errors
         )
@@ -121,7 +150,14 @@ def requests_in(run: Run, seconds: int) -> int:
 
 
 def measure(
-    *, seconds: int, rounds: int, connections: int, pool_size: int, workdir: Path
+    *,
+    seconds: int,
+    rounds: int,
+    connections: int,
+    pool_size: int,
+    workdir: Path,
+    pin_serve: bool = False,
+    baseline: Path | None = None,
 ) -> list[Measured]:
     """Alternate every configuration under every load for ``rounds`` rounds."""
     body = callback_body(BODY_BYTES)
@@ -137,9 +173,17 @@ def measure(
     results: list[Measured] = []
     try:
         servers[CONFIGS[0]] = Server("receiver")
-        store = f"sqlite:///{workdir}/sync.db"
-        servers[CONFIGS[1]] = ServeServer("--store", store, "--handler", "bench_serve:no_op")
-        servers[CONFIGS[2]] = ServeServer("--store", f"sqlite:///{workdir}/record.db")
+        for suffix, source in [("", None), *([(BASELINE, baseline)] if baseline else [])]:
+            name = "sync" if source is None else "baseline-sync"
+            servers[CONFIGS[1] + suffix] = ServeServer(
+                *("--store", f"sqlite:///{workdir}/{name}.db", "--handler", "bench_serve:no_op"),
+                source=source,
+                pin=pin_serve,
+            )
+            name = "record" if source is None else "baseline-record"
+            servers[CONFIGS[2] + suffix] = ServeServer(
+                "--store", f"sqlite:///{workdir}/{name}.db", source=source, pin=pin_serve
+            )
         headers = {"Runflow-Signature": sign(body, SECRET), "Content-Type": "application/json"}
         for server in servers.values():
             # Process the fixed body once before wrk sends it 16 at a time: concurrent first
@@ -163,13 +207,15 @@ def measure(
 
 
 def store_counts(workdir: Path) -> dict[str, dict[str, int]]:
-    """What the two SQLite stores hold after the runs (proof that ``distinct`` was distinct)."""
+    """What the SQLite stores hold after the runs (proof that ``distinct`` was distinct, and
+    that every callback acknowledged was recorded: wrk saw no error, and none is missing)."""
 
     async def counts(name: str) -> dict[str, int]:
         async with open_store(f"sqlite:///{workdir}/{name}.db") as store:
             return (await store.stats()).to_json()
 
-    return {name: asyncio.run(counts(name)) for name in ("sync", "record")}
+    names = ("sync", "record", "baseline-sync", "baseline-record")
+    return {name: asyncio.run(counts(name)) for name in names if (workdir / f"{name}.db").exists()}
 
 
 def table(results: list[Measured]) -> str:
@@ -183,7 +229,8 @@ def table(results: list[Measured]) -> str:
         receiver = [m.run for m in results if m.load == load and m.config == CONFIGS[0]]
         ceiling = statistics.median(run.rps for run in receiver)
         ceiling_cpu = statistics.median(run.cpu_us for run in receiver)
-        for config in CONFIGS:
+        measured = dict.fromkeys(m.config for m in results)  # in the order they ran
+        for config in measured:
             runs = [m for m in results if m.load == load and m.config == config]
             rps = statistics.median(m.run.rps for m in runs)
             cpu = statistics.median(m.run.cpu_us for m in runs)
@@ -204,11 +251,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--pool", type=int, default=40_000, help="distinct callbacks generated per run"
     )
+    parser.add_argument(
+        "--pin-serve", action="store_true", help="run serve on CPU 0, as the receiver runs"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also measure serve importing runflow-callbacks from this directory (another src)",
+    )
     args = parser.parse_args(argv)
+    if args.baseline is not None and not (args.baseline / "runflow_callbacks").is_dir():
+        parser.error(f"--baseline {args.baseline}: no runflow_callbacks package in it")
+    serve_pin = "serve on CPU 0" if args.pin_serve else "serve not pinned"
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, uvicorn 1 worker, "
         f"{BODY_BYTES} B signed batch callbacks, wrk -t1 -c{args.connections} "
-        f"-d{args.seconds}s x {args.rounds} rounds\n"
+        f"-d{args.seconds}s x {args.rounds} rounds, receiver on CPU 0, {serve_pin}"
+        + ("" if args.baseline is None else f", baseline from {args.baseline}")
+        + "\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
         results = measure(
@@ -217,6 +277,8 @@ def main(argv: list[str]) -> int:
             connections=args.connections,
             pool_size=args.pool,
             workdir=Path(tmp),
+            pin_serve=args.pin_serve,
+            baseline=args.baseline and args.baseline.resolve(),
         )
         held = store_counts(Path(tmp))
     print(table(results))
