@@ -9,18 +9,29 @@ that workers on several replicas share the work without waiting on each other. T
 (named by ``namespace``) is created on first use, under an advisory lock so that replicas
 starting together do not race. Requires PostgreSQL 13 or newer.
 
+The writes of every callback (``record_and_claim``, ``complete``, ``fail``, ``release``,
+``renew``) are one statement each answering one row, and the ones in flight together are
+batched (:mod:`~runflow_callbacks.stores._batch`): one batch is one psycopg pipeline ending in
+a single Sync, so PostgreSQL runs it as one implicit transaction: one round trip and one commit
+for all of them (see :meth:`PostgresStore._write_batch` for how one failing statement fails
+only itself). A batch takes its row locks in key order, so concurrent batches (of this store,
+or of other replicas) never deadlock. A lone write is sent as it always was, one autocommit
+statement.
+
 Connections wait in a small pool between operations. A PostgreSQL restart (or an idle timeout,
 or ``pg_terminate_backend``) ends them there; each is checked before a statement is written
 to it and replaced when the server has ended it, so the first request after a restart
 succeeds. A failure that still happens is retried once only when it certainly did not commit
-(see :meth:`PostgresStore._run`).
+(see :meth:`PostgresStore._on_connection`); a batch is retried, or not, as a whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -42,6 +53,7 @@ from runflow_callbacks.stores import (
     mask_url,
     scrub,
 )
+from runflow_callbacks.stores._batch import Batcher, Pending
 from runflow_callbacks.stores._net import readable_now
 from runflow_callbacks.stores._state import new_token, record_from_row
 from runflow_callbacks.stores._text import from_postgres, to_postgres
@@ -50,6 +62,7 @@ try:
     import psycopg
     from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict
+    from psycopg.pq import TransactionStatus
     from psycopg.rows import dict_row
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError(
@@ -152,6 +165,32 @@ _ADMIT: Final = (
     "RETURNING (t.xmax = 0) AS inserted, t.state, t.attempts,"
     " coalesce(t.lease_token = %(token)s, false) AS acquired"
 )
+# complete, fail, renew and release: one conditional UPDATE, answering whether it applied and
+# whether the key exists at all (rows are never deleted, so the statement's snapshot answers
+# that exactly): one row, so that the statement can join a batch.
+_FINISH: Final = (
+    "WITH done AS (UPDATE {table} SET {assignments} WHERE key = %(key)s"
+    " AND state = 'processing' AND lease_token = %(token)s RETURNING key) "
+    "SELECT EXISTS (SELECT FROM done) AS done,"
+    " EXISTS (SELECT FROM {table} WHERE key = %(key)s) AS known"
+)
+_COMPLETE: Final = (
+    "state = 'processed', processed_at = %(now)s, next_attempt_at = NULL, due_at = NULL,"
+    " updated_at = %(now)s, lease_token = NULL, lease_expires_at = NULL"
+)
+_FAIL: Final = (
+    "state = %(state)s, last_error = %(error)s, next_attempt_at = %(retry)s, due_at = %(due)s,"
+    " updated_at = %(now)s, lease_token = NULL, lease_expires_at = NULL"
+)
+_RENEW: Final = "lease_expires_at = %(expires)s, due_at = %(expires)s, updated_at = %(now)s"
+_RELEASE: Final = (
+    "state = 'unhandled', attempts = greatest(attempts - 1, 0), lease_token = NULL,"
+    " lease_expires_at = NULL, next_attempt_at = NULL, due_at = NULL, updated_at = %(now)s"
+)
+#: At most this many writes share one transaction: a burst is split rather than made to wait
+#: behind one long batch.
+MAX_BATCH: Final = 64
+
 _TAKE: Final = (
     "state = 'processing', attempts = t.attempts + 1, lease_token = {token}, "
     "lease_expires_at = %(expires)s, due_at = %(expires)s, updated_at = %(now)s"
@@ -195,6 +234,21 @@ def _certainly_not_committed(error: BaseException, *, read_only: bool) -> bool:
     return isinstance(error, psycopg.OperationalError) and error.sqlstate in _ENDED_WHILE_IDLE
 
 
+def _answered_by_server(connection: Connection) -> bool:
+    """Whether ``connection`` is idle and well after a statement failed: the server answered
+    it with an error and rolled its transaction back (nothing of it committed)."""
+    return not connection.broken and connection.info.transaction_status == TransactionStatus.IDLE
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One write a batch can hold: a statement answering one row, and the key it locks."""
+
+    key: str
+    query: bytes
+    params: dict[str, Any]
+
+
 def _ended_by_server(connection: Connection) -> bool:
     """Whether the server has ended the idle ``connection`` (see ``readable_now``)."""
     if connection.closed:
@@ -234,9 +288,21 @@ class PostgresStore(StoreBase):
         self._table = sql.Identifier(self.namespace)
         self._columns = sql.SQL(", ").join(sql.Identifier(name) for name in _COLUMNS)
         self._t_columns = sql.SQL(", ").join(sql.Identifier("t", name) for name in _COLUMNS)
-        # Composed once: record_and_claim is the hot path of every delivery.
-        self._admit_record = self._q(_ADMIT, takes=sql.SQL("FALSE"))
-        self._admit_claim = self._q(_ADMIT, takes=sql.SQL(_CLAIMABLE))
+        # Rendered once: these are the statements of every delivery.
+        self._admit_record = self._q(_ADMIT, takes=sql.SQL("FALSE")).as_bytes(None)
+        self._admit_claim = self._q(_ADMIT, takes=sql.SQL(_CLAIMABLE)).as_bytes(None)
+        self._complete, self._fail, self._renew, self._release = (
+            self._q(_FINISH, assignments=sql.SQL(assignments)).as_bytes(None)
+            for assignments in (_COMPLETE, _FAIL, _RENEW, _RELEASE)
+        )
+        # A batch waits for a connection slot before it takes the queue, so writes queued while
+        # every connection is busy leave together on the next free one.
+        self._batcher: Batcher[_Write] = Batcher(
+            self._run_batch,
+            max_batch=MAX_BATCH,
+            max_in_flight=max_connections,
+            acquire=lambda: self._slots,
+        )
 
     def __repr__(self) -> str:
         return f"PostgresStore({mask_url(self._url)!r}, namespace={self.namespace!r})"
@@ -270,7 +336,18 @@ class PostgresStore(StoreBase):
             await connection.close()
 
     async def _run(self, operation: Callable[[Connection], Awaitable[T]], *, read_only: bool) -> T:
-        """Run ``operation`` (one statement) on a connection of the pool.
+        """Run ``operation`` (one statement) on a connection of the pool (see
+        :meth:`_on_connection`)."""
+        if self._closed:
+            raise RuntimeError("this store is closed")
+        async with self._slots:
+            return await self._on_connection(operation, read_only=read_only)
+
+    async def _on_connection(
+        self, operation: Callable[[Connection], Awaitable[T]], *, read_only: bool
+    ) -> T:
+        """Run ``operation`` (one statement, or one batch) on a connection of the pool; the
+        caller holds a slot.
 
         psycopg errors become :class:`StoreError` (without the URL's password). When the
         connection broke under a try and came from the pool (it had been idle, so the server
@@ -280,43 +357,123 @@ class PostgresStore(StoreBase):
         twice, and nothing that failed on a fresh connection or on a working one (a constraint,
         a syntax error: the connection is still open).
         """
+        failure: Exception | None = None
+        for retry in (False, True):
+            connection, reused = None, False
+            try:
+                connection, reused = await self._lend()
+                if not self._ready:
+                    await self._create_schema(connection)
+                result = await operation(connection)
+            except (psycopg.Error, OSError) as exc:
+                broken = connection is None or connection.closed
+                if connection is not None:
+                    await self._discard(connection)
+                if (
+                    not retry
+                    and reused
+                    and broken
+                    and _certainly_not_committed(exc, read_only=read_only)
+                ):
+                    continue
+                failure = exc
+                break
+            except BaseException:
+                if connection is not None:  # cancelled mid-statement: its state is unknown
+                    await self._discard(connection)
+                raise
+            if connection.closed or self._closed:
+                await self._discard(connection)
+            else:
+                self._idle.append(connection)
+            return result
+        assert failure is not None
+        raise self._error(failure)
+
+    def _error(self, failure: BaseException) -> StoreError:
+        """The :class:`StoreError` a driver error becomes (raised outside the driver's handler,
+        so that no driver message rides along as its context)."""
+        text = " ".join(scrub(str(failure), self._url).split())  # libpq adds indented hints
+        return StoreError(f"PostgreSQL store error: {type(failure).__name__}: {text}")
+
+    # --- batched writes ----------------------------------------------------------------
+
+    async def _write(self, key: str, query: bytes, params: dict[str, Any]) -> dict[str, Any]:
+        """Run one write of a callback (a statement answering one row) in the next batch."""
         if self._closed:
             raise RuntimeError("this store is closed")
-        failure: Exception | None = None
-        async with self._slots:
-            for retry in (False, True):
-                connection, reused = None, False
-                try:
-                    connection, reused = await self._lend()
-                    if not self._ready:
-                        await self._create_schema(connection)
-                    result = await operation(connection)
-                except (psycopg.Error, OSError) as exc:
-                    broken = connection is None or connection.closed
-                    if connection is not None:
-                        await self._discard(connection)
-                    if (
-                        not retry
-                        and reused
-                        and broken
-                        and _certainly_not_committed(exc, read_only=read_only)
-                    ):
-                        continue
-                    failure = exc
-                    break
-                except BaseException:
-                    if connection is not None:  # cancelled mid-statement: its state is unknown
-                        await self._discard(connection)
+        row: dict[str, Any] = await self._batcher.call(_Write(to_postgres(key), query, params))
+        return row
+
+    async def _run_batch(self, batch: list[Pending[_Write]]) -> None:
+        """Send ``batch`` (the batcher holds a slot) in one transaction, and again without a
+        write that failed on its own (see :meth:`_write_batch`). Each pass is one try under
+        :meth:`_on_connection`'s rules: retried once only when it certainly did not commit."""
+        # Row locks are taken in key order, so two batches cannot wait for each other.
+        batch.sort(key=lambda pending: pending.op.key)
+        todo = batch
+        while todo := [pending for pending in todo if not pending.settled]:
+            try:
+                again = await self._on_connection(
+                    functools.partial(self._write_batch, writes=todo), read_only=False
+                )
+            except StoreError as exc:
+                for pending in todo:
+                    pending.fail(StoreError(str(exc)))
+                return
+            if not again:
+                return
+
+    async def _write_batch(self, connection: Connection, *, writes: list[Pending[_Write]]) -> bool:
+        """Run ``writes`` in one transaction and answer each one once it committed; True when
+        one of them failed on its own and the others must be sent again.
+
+        One write alone is one autocommit statement, as always. Several are one pipeline with
+        a single Sync: one implicit transaction. A statement that fails makes PostgreSQL roll
+        the whole transaction back and skip the rest, so nothing of it committed: the first
+        write without an answer is the one that failed. It gets its error, and the others go
+        again in a new transaction (a pass per failing write at most), on another connection:
+        psycopg takes a statement it prepares within a pipeline for prepared as it queues it,
+        so after an aborted pipeline its cache may name statements the server never prepared.
+        When the connection itself breaks, the error goes up to :meth:`_on_connection`, which
+        decides for all of ``writes``. (In a pipeline, libpq reports a session the server
+        ended while idle as a connection lost, without the SQLSTATE that says so: such a batch
+        fails rather than being sent again. The liveness check before a connection is lent
+        leaves that to a session ended in the instant between the check and the send.)
+        """
+        writes = [pending for pending in writes if not pending.settled]  # callers may be gone
+        if not writes:
+            return False
+        if len(writes) == 1:
+            [pending] = writes
+            try:
+                cursor = await connection.execute(pending.op.query, pending.op.params)
+                row = await cursor.fetchone()
+            except psycopg.Error as exc:
+                if not _answered_by_server(connection):
                     raise
-                if connection.closed or self._closed:
-                    await self._discard(connection)
-                else:
-                    self._idle.append(connection)
-                return result
-        assert failure is not None
-        # Raised outside the handler, so no driver message rides along as its context.
-        text = " ".join(scrub(str(failure), self._url).split())  # libpq adds indented hints
-        raise StoreError(f"PostgreSQL store error: {type(failure).__name__}: {text}")
+                pending.fail(self._error(exc))
+                return False
+            pending.resolve(row)
+            return False
+        cursors: list[psycopg.AsyncCursor[dict[str, Any]]] = []
+        try:
+            async with connection.pipeline():
+                for pending in writes:
+                    cursor = connection.cursor()
+                    cursors.append(cursor)
+                    await cursor.execute(pending.op.query, pending.op.params)
+        except psycopg.Error as exc:
+            failed = next((i for i, c in enumerate(cursors) if c.pgresult is None), None)
+            if failed is None or not _answered_by_server(connection):
+                raise  # not one statement's error (or the connection broke)
+            writes[failed].fail(self._error(exc))
+            await self._discard(connection)  # closed: not pooled again
+            return True
+        # Committed: every statement answered, and the Sync after them too.
+        for pending, cursor in zip(writes, cursors, strict=True):
+            pending.resolve(await cursor.fetchone())
+        return False
 
     async def _create_schema(self, connection: Connection) -> None:
         async with self._ready_lock:
@@ -417,7 +574,7 @@ class PostgresStore(StoreBase):
             "now": now,
         }
         query = self._admit_record if lease is None else self._admit_claim
-        [row] = await self._fetch(query, params)
+        row = await self._write(incoming.key, query, params)
         return Admission(
             inserted=bool(row["inserted"]),
             state=row["state"],
@@ -443,34 +600,18 @@ class PostgresStore(StoreBase):
             raise UnknownCallbackError(key)
         return Claim(_to_record(row))
 
-    async def _finish(self, key: str, token: str, assignments: str, params: Any) -> bool:
-        query = self._q(
-            "UPDATE {table} SET "  # noqa: S608 - assignments are literals of our methods
-            + assignments
-            + " WHERE key = %(key)s AND state = 'processing' AND lease_token = %(token)s"
-        )
-        if await self._rowcount(query, {**params, "key": to_postgres(key), "token": token}) == 1:
-            return True
-        await self._must_exist(key)
-        return False
+    async def _finish(self, key: str, token: str, query: bytes, params: dict[str, Any]) -> bool:
+        row = await self._write(key, query, {**params, "key": to_postgres(key), "token": token})
+        if not row["known"]:
+            raise UnknownCallbackError(key)
+        return bool(row["done"])
 
     async def renew(self, key: str, token: str, *, now: datetime, lease: timedelta) -> bool:
         now, lease = aware(now), check_lease(lease)
-        return await self._finish(
-            key,
-            token,
-            "lease_expires_at = %(expires)s, due_at = %(expires)s, updated_at = %(now)s",
-            {"now": now, "expires": now + lease},
-        )
+        return await self._finish(key, token, self._renew, {"now": now, "expires": now + lease})
 
     async def complete(self, key: str, token: str, *, now: datetime) -> bool:
-        return await self._finish(
-            key,
-            token,
-            "state = 'processed', processed_at = %(now)s, next_attempt_at = NULL,"
-            " due_at = NULL, updated_at = %(now)s, lease_token = NULL, lease_expires_at = NULL",
-            {"now": aware(now)},
-        )
+        return await self._finish(key, token, self._complete, {"now": aware(now)})
 
     async def fail(
         self,
@@ -487,8 +628,7 @@ class PostgresStore(StoreBase):
         return await self._finish(
             key,
             token,
-            "state = %(state)s, last_error = %(error)s, next_attempt_at = %(retry)s,"
-            " due_at = %(due)s, updated_at = %(now)s, lease_token = NULL, lease_expires_at = NULL",
+            self._fail,
             {
                 "state": "dead" if dead else "failed",
                 "error": to_postgres(error),
@@ -499,22 +639,7 @@ class PostgresStore(StoreBase):
         )
 
     async def release(self, key: str, token: str, *, now: datetime) -> bool:
-        # One round trip: the conditional UPDATE, and whether the key exists at all (rows are
-        # never deleted, so the statement's snapshot answers that exactly).
-        query = self._q(
-            "WITH released AS (UPDATE {table} SET state = 'unhandled',"
-            " attempts = greatest(attempts - 1, 0), lease_token = NULL, lease_expires_at = NULL,"
-            " next_attempt_at = NULL, due_at = NULL, updated_at = %(now)s WHERE key = %(key)s"
-            " AND state = 'processing' AND lease_token = %(token)s RETURNING key) "
-            "SELECT EXISTS (SELECT FROM released) AS released,"
-            " EXISTS (SELECT FROM {table} WHERE key = %(key)s) AS known"
-        )
-        [row] = await self._fetch(
-            query, {"key": to_postgres(key), "token": token, "now": aware(now)}
-        )
-        if not row["known"]:
-            raise UnknownCallbackError(key)
-        return bool(row["released"])
+        return await self._finish(key, token, self._release, {"now": aware(now)})
 
     async def claim_due(self, *, now: datetime, lease: timedelta, limit: int) -> list[Claim]:
         now, lease = aware(now), check_lease(lease)
@@ -597,6 +722,7 @@ class PostgresStore(StoreBase):
         if self._closed:
             return
         self._closed = True
+        await self._batcher.drain()  # writes already queued are answered first
         idle, self._idle = self._idle, []
         for connection in idle:
             await connection.close()

@@ -13,13 +13,21 @@ one namespace, which Redis Cluster would need in one hash slot. Durability is Re
 configure ``appendonly yes`` (with ``appendfsync everysec`` or ``always``) so that a recorded
 callback survives a Redis restart.
 
+Script calls in flight together are batched (:mod:`~runflow_callbacks.stores._batch`): a batch
+of several is sent as one ``MULTI``, its ``EVALSHA`` calls, ``EXEC``, in one write, and answered
+by one read: one round trip instead of one per call. Each script still runs atomically and
+answers for itself (an error in one is that call's error alone); ``MULTI``/``EXEC`` adds that
+Redis runs none of them before ``EXEC`` has arrived, so a batch that failed while being sent
+did not run, exactly as a lone command that failed while being sent (see
+:meth:`RedisStore._run_batch`). A lone call is sent as it always was, one ``EVALSHA``.
+
 A Redis restart (or an idle timeout, or a ``CLIENT KILL``) leaves the pooled connections dead.
 Before a pooled connection is written to, the kernel is asked whether the server has closed it
 (:func:`~runflow_callbacks.stores._net.readable_now`); a dead one is replaced by a fresh one,
 so the first request after a restart succeeds. An operation that still fails with a connection
 error on a connection taken from the pool is retried once, on a fresh connection, only when
-that cannot run it twice: a read, or a write whose command was never sent in full (see
-:meth:`RedisStore._call`).
+that cannot run it twice: a read, or a write whose command (or batch) was never sent in full
+(see :meth:`RedisStore._call`).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from runflow_callbacks.stores import (
     mask_url,
     scrub,
 )
+from runflow_callbacks.stores._batch import Batcher, Pending
 from runflow_callbacks.stores._net import readable_now
 from runflow_callbacks.stores._state import from_us, new_token, record_from_row, to_us
 from runflow_callbacks.stores._text import from_redis
@@ -62,7 +71,9 @@ try:
         AuthorizationError,
         BusyLoadingError,
         MaxConnectionsError,
+        NoScriptError,
         RedisError,
+        ResponseError,
     )
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -310,6 +321,31 @@ return 1
 """
 )
 
+#: At most this many script calls share one MULTI/EXEC: a burst is split rather than made to
+#: wait behind one long batch (Redis runs a batch's scripts back to back, serving no one else).
+MAX_BATCH: Final = 64
+#: Batches sent at once before further calls wait for one to come back. A few overlap their
+#: round trips; Redis runs commands one at a time, so more would only split the queue into
+#: smaller batches.
+MAX_IN_FLIGHT: Final = 4
+
+
+@dataclass(frozen=True, slots=True)
+class _Eval:
+    """One script call a batch can hold."""
+
+    name: str
+    keys: list[str]
+    args: list[Any]
+
+
+class _Discarded:
+    """The answer of a call that Redis discarded unrun, with its whole ``MULTI``, because
+    another call of the batch was refused: it is sent again."""
+
+
+_DISCARDED: Final = _Discarded()
+
 _TEXT_FIELDS: Final = ("kind", "subject_id", "event", "secret_id", "secret_label", "request_id")
 _COLUMNS: Final = (
     *("key", "kind", "subject_id", "event", "body", "headers", "secret_id", "secret_label"),
@@ -344,6 +380,31 @@ def _from_hash(key: str, raw: dict[bytes, bytes]) -> StoredCallback:
     """A record from redis-py's ``HGETALL`` answer."""
     fields = {from_redis(name): from_redis(value) for name, value in raw.items() if name != b"body"}
     return _to_record(key, fields, raw[b"body"])
+
+
+async def _reply(connection: AbstractConnection) -> Any:
+    """The next answer on ``connection``; an error answer (a script's, say) is returned."""
+    try:
+        return await connection.read_response()
+    except ResponseError as exc:
+        return exc
+
+
+def _transaction_answers(replies: list[Any]) -> list[Any]:
+    """Each call's answer from the replies to ``MULTI``, the calls, and ``EXEC``."""
+    queued, executed = replies[1:-1], replies[-1]
+    if isinstance(replies[0], ResponseError):
+        # MULTI itself was refused, so every call ran (or was refused) on its own.
+        return queued
+    if isinstance(executed, list) and len(executed) == len(queued):
+        return executed
+    if not isinstance(executed, ResponseError):  # not what EXEC answers without WATCH
+        raise RedisError(f"unexpected answer to EXEC: {type(executed).__name__}")
+    # EXEC refused: nothing ran. Calls refused when queued get their error, and the others,
+    # discarded with them, are sent again; without such calls, each one gets EXEC's error.
+    if not any(isinstance(reply, ResponseError) for reply in queued):
+        return [executed] * len(queued)
+    return [reply if isinstance(reply, ResponseError) else _DISCARDED for reply in queued]
 
 
 # --- reconnecting -------------------------------------------------------------------------
@@ -459,6 +520,7 @@ class RedisStore(StoreBase):
             problem = f"{type(exc).__name__}: {scrub(str(exc), url)}"
         if problem is not None:  # raised outside the handler: no chained driver message
             raise ConfigurationError(f"invalid Redis store URL {mask_url(url)!r} ({problem})")
+        self._pool = pool
         self._client: Any = redis_asyncio.Redis(connection_pool=pool, decode_responses=False)
         prefix = f"{self.namespace}:"
         self._hash_prefix = f"{prefix}cb:"
@@ -476,6 +538,11 @@ class RedisStore(StoreBase):
                 ("reset", _RESET),
             )
         }
+        self._batcher: Batcher[_Eval] = Batcher(
+            self._run_batch,
+            max_batch=MAX_BATCH,
+            max_in_flight=min(MAX_IN_FLIGHT, max_connections),
+        )
         self._closed = False
 
     def __repr__(self) -> str:
@@ -484,20 +551,24 @@ class RedisStore(StoreBase):
     def _hash(self, key: str) -> str:
         return self._hash_prefix + key
 
-    async def _call(self, work: Callable[[], Awaitable[Any]], *, read_only: bool = False) -> Any:
-        """Run ``work`` (one script, command or pipeline) and turn driver errors into
+    async def _call(
+        self, work: Callable[[], Awaitable[Any]], *, read_only: bool = False, batch: bool = False
+    ) -> Any:
+        """Run ``work`` (one script, command, pipeline or batch) and turn driver errors into
         :class:`StoreError` (without the URL's password).
 
         A connection error (``ConnectionError``/``TimeoutError``) on a connection taken from the
         pool is retried once, on a fresh connection, when the failed try certainly changed
         nothing: ``work`` is a read (``read_only``), or its command was never written out in
         full. Redis runs a command only once all of it has arrived, and every write here is
-        one command (one script, atomic on the server), so a command that failed while being
+        one command (one script, atomic on the server) or one batch of them in ``MULTI`` and
+        ``EXEC`` (none runs before ``EXEC`` has arrived), so a write that failed while being
         sent did not run. Once sent, its answer may have been lost after it ran: that is never
         retried (the caller gets StoreError, and Runflow delivers again later). Nothing else
-        is retried, and nothing twice.
+        is retried, and nothing twice. A ``batch`` (see :meth:`_run_batch`) was queued before
+        the store closed, and is still sent.
         """
-        if self._closed:
+        if self._closed and not batch:
             raise RuntimeError("this store is closed")
         error: RedisError | None = None
         for retry in (False, True):
@@ -520,14 +591,85 @@ class RedisStore(StoreBase):
                 _ATTEMPT.reset(token)
             break
         assert error is not None
-        # Raised outside the handler, so no driver message rides along as its context.
-        # redis-py messages name host and port, not the password; scrub() makes sure.
+        raise self._error(error)
+
+    def _error(self, error: BaseException) -> StoreError:
+        """The :class:`StoreError` a driver error becomes (raised outside the driver's handler,
+        so that no driver message rides along as its context). redis-py messages name host
+        and port, not the password; scrub() makes sure."""
         text = " ".join(scrub(str(error), self._url).split())
-        raise StoreError(f"Redis store error: {type(error).__name__}: {text}")
+        return StoreError(f"Redis store error: {type(error).__name__}: {text}")
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        script = self._scripts[name]
-        return await self._call(lambda: script(keys=keys, args=args))
+        """Run one script, in the next batch."""
+        if self._closed:
+            raise RuntimeError("this store is closed")
+        return await self._batcher.call(_Eval(name, keys, args))
+
+    async def _run_batch(self, batch: list[Pending[_Eval]]) -> None:
+        """Send ``batch`` and answer each call.
+
+        The batch is one try under :meth:`_call`'s rules (a batch is one command there: all of
+        it runs once ``EXEC`` has arrived, or none), so it is retried as a whole, once, only
+        when it certainly did not run. A call Redis answered with an error fails alone. A
+        call that met an empty script cache (``NOSCRIPT``: Redis restarted or was flushed)
+        did not run: the scripts are loaded and those calls sent once more, as redis-py's
+        scripts do. So are calls discarded because another one was refused.
+        """
+        todo = batch
+        loaded = False
+        while todo := [pending for pending in todo if not pending.settled]:
+            calls = [pending.op for pending in todo]
+            try:
+                answers = await self._call(functools.partial(self._exec, calls), batch=True)
+            except StoreError as exc:
+                for pending in todo:
+                    pending.fail(StoreError(str(exc)))
+                return
+            again: list[Pending[_Eval]] = []
+            for pending, answer in zip(todo, answers, strict=True):
+                if answer is _DISCARDED or (isinstance(answer, NoScriptError) and not loaded):
+                    again.append(pending)
+                elif isinstance(answer, RedisError):
+                    pending.fail(self._error(answer))
+                else:
+                    pending.resolve(answer)
+            if any(isinstance(answer, NoScriptError) for answer in answers) and not loaded:
+                loaded = True
+                names = {pending.op.name for pending in again}
+                try:
+                    for name in names:
+                        script = self._scripts[name]
+                        script.sha = await self._call(
+                            functools.partial(self._client.script_load, script.script), batch=True
+                        )
+                except StoreError as exc:
+                    for pending in again:
+                        pending.fail(StoreError(str(exc)))
+                    return
+            todo = again
+
+    async def _exec(self, calls: list[_Eval]) -> list[Any]:
+        """Send ``calls`` in one write, read every answer (an error answer in its place)."""
+        connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            evals = [
+                ("EVALSHA", self._scripts[call.name].sha, len(call.keys), *call.keys, *call.args)
+                for call in calls
+            ]
+            if len(evals) == 1:  # a lone call: one command, as it always was
+                await connection.send_packed_command(connection.pack_command(*evals[0]))
+                return [await _reply(connection)]
+            commands = [("MULTI",), *evals, ("EXEC",)]
+            await connection.send_packed_command(connection.pack_commands(commands))
+            replies = [await _reply(connection) for _ in commands]
+        except BaseException:
+            # Unread answers would be taken for the next command's: the connection goes.
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await self._pool.release(connection)
+        return _transaction_answers(replies)
 
     @staticmethod
     def _fields(incoming: IncomingCallback) -> list[Any]:
@@ -704,4 +846,5 @@ class RedisStore(StoreBase):
         if self._closed:
             return
         self._closed = True
+        await self._batcher.drain()  # calls already queued are answered first
         await self._client.aclose(close_connection_pool=True)
