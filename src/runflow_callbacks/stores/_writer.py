@@ -9,8 +9,10 @@ each event loop with a single ``call_soon_threadsafe`` for the whole group. Why:
 - an fsync per callback, not SQLite, was what bounded the store, and callbacks in flight
   together now share one: 16 concurrent callbacks cost two durable commits in all, not 32;
 - each hand-off between threads costs a wake-up and GIL traffic on both sides, so there is one
-  per group and not one per operation (the loop's side only puts onto a ``SimpleQueue``, which
-  wakes the writer only when it sleeps);
+  per group each way, not one per operation: the operations an event loop queues during one
+  iteration of the loop (above all the callbacks a group's answers woke up) are put on the
+  writer's queue together when that iteration is over, and the writer takes everything queued
+  while it was committing the previous group;
 - nothing is acknowledged before it is durable, because no future is resolved before COMMIT.
 
 One operation failing must not fail the others of its group. The happy path runs the group
