@@ -2,8 +2,9 @@
 
 ``FrontDoorSuite`` holds the tests; each subclass only swaps the factory that builds its front
 door (the middleware over an app, the receiver without and with a store, the FastAPI
-dependency), so every rejection case runs against every one of them and their answers come
-from the one table in ``runflow_callbacks.answers``.
+dependency; the WSGI middleware, the Flask extension and the Django view decorator, sync and
+async, each called in-process as a WSGI server calls it), so every rejection case runs against
+every one of them and their answers come from the one table in ``runflow_callbacks.answers``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from runflow_callbacks import CallbackMiddleware, CallbackReceiver, sign
 from runflow_callbacks.stores import open_store
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from asgi_driver import Result
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 
 LIMIT = 4096
 METHODS = ["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+#: The front doors a WSGI server calls (in a worker thread, as a threaded server does).
+WSGI_KINDS = frozenset({"wsgi", "flask", "django", "django-async"})
 
 
 class FrontDoorSuite:
@@ -171,6 +175,22 @@ class TestDependency(FrontDoorSuite):
     kind = "dependency"
 
 
+class TestWSGIMiddleware(FrontDoorSuite):
+    kind = "wsgi"
+
+
+class TestFlaskExtension(FrontDoorSuite):
+    kind = "flask"
+
+
+class TestDjangoView(FrontDoorSuite):
+    kind = "django"
+
+
+class TestDjangoAsyncView(FrontDoorSuite):
+    kind = "django-async"
+
+
 class Door:
     """One front door of ``kind``, with the code behind it recording what reached it."""
 
@@ -179,7 +199,12 @@ class Door:
         self.calls: list[CallbackContext] = []
         self.rejections: list[str] = []
         self._stores: list[Any] = []
-        self.app = self._build()
+        self._closers: list[Callable[[], None]] = []
+        self.wsgi_app: WSGIApplication | None = None
+        if kind in WSGI_KINDS:
+            self.wsgi_app = self._wsgi_build()
+        else:
+            self.app = self._build()
 
     def _build(self) -> ASGIApp:
         door = self
@@ -229,6 +254,80 @@ class Door:
         app.add_api_route(PATH, route, methods=["POST", *METHODS])
         return app
 
+    def _wsgi_build(self) -> WSGIApplication:
+        from runflow_callbacks.wsgi import CallbackWSGIMiddleware
+
+        door = self
+        if self.kind == "flask":
+            return self._flask_app()
+        if self.kind in {"django", "django-async"}:
+            return self._django_app()
+
+        class WSGIMiddleware(CallbackWSGIMiddleware):
+            def rejected(self, error: RunflowCallbackError) -> None:
+                door.rejections.append(error.code)
+
+        return WSGIMiddleware(self._wsgi_downstream, secrets=SECRET, max_body_bytes=LIMIT)
+
+    def _wsgi_downstream(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> list[bytes]:
+        self.calls.append(environ["runflow_callbacks.callback"])
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b"{}"]
+
+    def _flask_app(self) -> WSGIApplication:
+        from flask import Flask
+
+        from runflow_callbacks.flask import RunflowCallbacks, get_callback
+
+        door = self
+
+        class Extension(RunflowCallbacks):
+            def rejected(self, error: RunflowCallbackError) -> None:
+                door.rejections.append(error.code)
+
+        app = Flask(__name__)
+        Extension(app, secrets=SECRET, max_body_bytes=LIMIT)
+
+        @app.route(PATH, methods=["POST", *METHODS])
+        def view() -> dict[str, str]:
+            door.calls.append(get_callback())
+            return {"status": "processed"}
+
+        return app
+
+    def _django_app(self) -> WSGIApplication:
+        from django.core.handlers.wsgi import WSGIHandler
+        from django.http import HttpRequest, JsonResponse
+        from django.test import override_settings
+        from django.urls import path
+
+        from runflow_callbacks.django import CallbackView, get_callback
+        from test_django import URLConf, configure_django
+
+        configure_django()
+        door = self
+
+        class View(CallbackView):
+            def rejected(self, error: RunflowCallbackError) -> None:
+                door.rejections.append(error.code)
+
+        def sync_view(request: HttpRequest) -> JsonResponse:
+            door.calls.append(get_callback(request))
+            return JsonResponse({"status": "processed"})
+
+        async def async_view(request: HttpRequest) -> JsonResponse:
+            return sync_view(request)
+
+        view = View(secrets=SECRET, max_body_bytes=LIMIT)
+        chosen = view(sync_view) if self.kind == "django" else view(async_view)
+        urls = override_settings(ROOT_URLCONF=URLConf(path(PATH[1:], chosen)))
+        urls.enable()
+        self._closers.append(urls.disable)
+        handler: WSGIApplication = WSGIHandler()
+        return handler
+
     async def _downstream(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.calls.append(scope["state"]["runflow_callback"])
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -251,6 +350,17 @@ class Door:
             if chunk_size is None
             else [body[i : i + chunk_size] for i in range(0, len(body), chunk_size)]
         )
+        if self.wsgi_app is not None:
+            from test_wsgi import call_wsgi
+
+            return await asyncio.to_thread(
+                call_wsgi,
+                self.wsgi_app,
+                chunks=chunks,
+                headers=headers,
+                method=method,
+                disconnect_after=disconnect_after,
+            )
         return await drive(
             self.app,
             chunks=chunks,
@@ -273,6 +383,8 @@ class Door:
 
     def close(self) -> None:
         self._stores.clear()
+        for close in self._closers:
+            close()
 
 
 async def _stalled_receive_after(first: bytes) -> Any:
