@@ -282,6 +282,45 @@ CASES: dict[str, Case] = {
         1,
         "--handler",
     ),
+    # inbox prune
+    "inbox prune: no --older-than": Case(
+        ["inbox", "prune", "--store", "memory://"], 2, "--older-than"
+    ),
+    "inbox prune: a duration that is not one": Case(
+        ["inbox", "prune", "--older-than", "a week", "--store", "memory://"], 2, "not a duration"
+    ),
+    "inbox prune: a state that is never pruned": Case(
+        ["inbox", "prune", "--older-than", "7d", "--state", "failed", "--store", "memory://"],
+        2,
+        "argument --state",
+    ),
+    "inbox prune: tombstones kept shorter than the callbacks": Case(
+        ["inbox", "prune", "--older-than", "7d", "--tombstones-older-than", "1d"],
+        1,
+        "--tombstones-older-than",
+    ),
+    "inbox prune: a SQLite file that does not exist": Case(
+        ["inbox", "prune", "--older-than", "7d", "--store", "sqlite:///missing.db"],
+        1,
+        "does not exist",
+    ),
+    # inbox rejected
+    "inbox rejected: an id that is not kept": Case(
+        ["inbox", "rejected", "--show", "12", "--store", "memory://"], 1, "no rejected request"
+    ),
+    "inbox rejected: a limit that is not positive": Case(
+        ["inbox", "rejected", "--limit", "0", "--store", "memory://"], 2, "positive"
+    ),
+    # inbox replay-rejected
+    "inbox replay-rejected: nothing named": Case(
+        ["inbox", "replay-rejected", "--secret", SECRET, "--store", "memory://"], 1, "--all"
+    ),
+    "inbox replay-rejected: no secret": Case(
+        ["inbox", "replay-rejected", "--all", "--store", "memory://"], 1, "no callback secret"
+    ),
+    "inbox retry: a time that is not one": Case(
+        ["inbox", "retry", "--since", "last week", "--store", "memory://"], 2, "not a time"
+    ),
     # inbox stats
     "inbox stats: a PostgreSQL server that is not there": Case(
         ["inbox", "stats", "--store", f"postgresql://app:{PASSWORD}@127.0.0.1:1/app"],

@@ -97,7 +97,10 @@ async def test_sqlite_reads_a_row_an_earlier_version_wrote_unchanged(tmp_path: P
         await store.record(incoming("template"))
     with sqlite3.connect(path) as raw:
         raw.execute(
-            "INSERT INTO cb SELECT 'earlier \\u0000 \ufdd0 key', kind, subject_id,"
+            "INSERT INTO cb (key, kind, subject_id, event, body, headers, secret_id,"
+            " secret_label, request_id, received_at, source, state, attempts, deliveries,"
+            " last_error, next_attempt_at, lease_expires_at, processed_at, updated_at,"
+            " lease_token, due_at) SELECT 'earlier \\u0000 \ufdd0 key', kind, subject_id,"
             " 'evt \\x00', body, headers, secret_id, secret_label, request_id, received_at,"
             " source, state, attempts, deliveries, last_error, next_attempt_at,"
             " lease_expires_at, processed_at, updated_at, lease_token, due_at FROM cb"

@@ -696,3 +696,68 @@ def test_the_cli_does_not_create_a_store_that_does_not_exist(
 )
 def test_only_this_machines_own_addresses_count_as_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+# --- the rejected requests -------------------------------------------------------------------
+
+
+async def _reject(url: str) -> list[bytes]:
+    """Two requests refused by a receiver that keeps them: a wrong secret, then a bad body."""
+    store = open_store(url)
+    receiver = CallbackReceiver(secrets=SECRET, store=store, keep_rejected=10, clock=Clock())
+    forged = _xss_body()
+    bodies = [forged, b"not json at all"]
+    transport = httpx.ASGITransport(app=receiver)
+    async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
+        await client.post(
+            "/callbacks/runflow",
+            content=forged,
+            headers={
+                "Runflow-Signature": sign(forged, "whsec_wrong_secret_0000"),
+                "Runflow-Request-Id": "req_forged",
+                "Authorization": "Bearer hush-hush",
+            },
+        )
+        await client.post(
+            "/callbacks/runflow",
+            content=bodies[1],
+            headers={"Runflow-Signature": sign(bodies[1], SECRET)},
+        )
+    await receiver.flush_rejections()
+    await store.close()
+    return bodies
+
+
+def test_the_rejected_requests_page_lists_what_was_refused_newest_first(
+    browser: WebDriver, filled: Filled, serve: Callable[..., str]
+) -> None:
+    asyncio.run(_reject(filled.url))
+    base = serve(filled.url)
+    browser.get(base + "/")
+    assert _count(browser, "rejected") == 2
+    _submit(browser, _one(browser, 'a[data-count="rejected"]'))
+    assert browser.current_url == base + "/rejected"
+    rows = _all(browser, "table.rejected tbody tr")
+    assert [row.get_attribute("data-reason") for row in rows] == [
+        "invalid_payload",
+        "signature_mismatch",
+    ]
+    forged = rows[1]
+    assert "req_forged" in forged.text
+    assert forged.find_element(_by_css(), "td.replayed").text == "no"
+    forged.find_element(_by_css(), "summary").click()
+    shown = forged.find_element(_by_css(), "pre.body").text
+    assert "<script>alert(1)</script>" in shown  # shown as text, never run
+    headers = forged.find_element(_by_css(), "pre.headers").text
+    assert "runflow-signature" in headers
+    assert "hush-hush" not in browser.page_source  # credentials are never kept
+    assert _all(browser, "script") == []
+
+
+def test_the_rejected_requests_page_says_how_to_keep_them(
+    browser: WebDriver, filled: Filled, serve: Callable[..., str]
+) -> None:
+    browser.get(serve(filled.url) + "/rejected")
+    assert "--keep-rejected N" in _one(browser, ".empty").text
+    _submit(browser, _one(browser, "header .links a"))
+    assert _rows(browser)  # back on the list of callbacks

@@ -36,14 +36,21 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from runflow_callbacks.answers import rejection
-from runflow_callbacks.defaults import DEFAULT_CALLBACK_PATH, DEFAULT_STORE_URL
+from runflow_callbacks.defaults import (
+    DEFAULT_CALLBACK_PATH,
+    DEFAULT_KEEP_REJECTED_BYTES,
+    DEFAULT_STORE_URL,
+    DEFAULT_TOMBSTONE_RETENTION,
+)
 from runflow_callbacks.errors import ConfigurationError, StoreError
 from runflow_callbacks.options import resolve
 from runflow_callbacks.receiver import CallbackReceiver
+from runflow_callbacks.retention import check_retention, pruning
 from runflow_callbacks.stores import open_store
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
+    from datetime import timedelta
 
     from starlette.requests import Request
     from typing_extensions import Unpack
@@ -122,6 +129,10 @@ def create_app(
     path: str = DEFAULT_CALLBACK_PATH,
     namespace: str | None = None,
     metrics: bool | CallbackMetrics = False,
+    retention: timedelta | None = None,
+    tombstone_retention: timedelta = DEFAULT_TOMBSTONE_RETENTION,
+    keep_rejected: int = 0,
+    keep_rejected_bytes: int = DEFAULT_KEEP_REJECTED_BYTES,
     options: ReceiverOptions | None = None,
     **changes: Unpack[ReceiverArgs],
 ) -> Starlette:
@@ -134,7 +145,10 @@ def create_app(
     keyword or as ``options=``; ``inbox=True`` is short for ``mode="inbox"``, and without a
     handler the mode is always ``inbox`` (record only: nothing runs the callbacks yet).
     ``metrics=True`` (or a :class:`~runflow_callbacks.metrics.CallbackMetrics`) counts
-    everything and answers ``GET /metrics``.
+    everything and answers ``GET /metrics``. ``retention`` prunes old finished callbacks in
+    the background, keeping their tombstones ``tombstone_retention`` (see
+    :mod:`runflow_callbacks.retention`); ``keep_rejected=N`` keeps the last ``N`` refused
+    requests in the store (see :mod:`runflow_callbacks.rejected`).
     """
     if not path.startswith("/"):
         raise ConfigurationError(f"the callback path must start with '/', not {path!r}")
@@ -147,18 +161,30 @@ def create_app(
     else:
         opened = store
     counted = _metrics(metrics)
-    receiver = CallbackReceiver(secrets=secrets, store=opened, options=chosen, metrics=counted)
+    if retention is not None:
+        check_retention(retention, tombstone_retention)
+    receiver = CallbackReceiver(
+        secrets=secrets,
+        store=opened,
+        options=chosen,
+        metrics=counted,
+        keep_rejected=keep_rejected,
+        keep_rejected_bytes=keep_rejected_bytes,
+    )
     if resolved is not None:
         receiver.on_any(resolved)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         try:
-            if resolved is None:
-                yield  # record only: there is nothing for a worker to run
-            else:
-                async with receiver.worker():
-                    yield
+            async with pruning(
+                opened, retention=retention, tombstone_retention=tombstone_retention
+            ):
+                if resolved is None:
+                    yield  # record only: there is nothing for a worker to run
+                else:
+                    async with receiver.worker():
+                        yield
         finally:
             await receiver.flush_rejections()
             await opened.close()

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_CALLBACK_PATH",
     "DEFAULT_HANDLER_TIMEOUT",
     "DEFAULT_HEAD_TIMEOUT",
+    "DEFAULT_KEEP_REJECTED_BYTES",
     "DEFAULT_LEASE",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_CONNECTIONS",
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_STORE_URL",
+    "DEFAULT_TOMBSTONE_RETENTION",
     "ENV_PREFIX",
     "FAKE_ATTEMPT_TIMEOUT_S",
     "FAKE_MAX_ATTEMPTS",
@@ -57,6 +59,10 @@ DEFAULT_HANDLER_TIMEOUT: Final = timedelta(minutes=15)
 DEFAULT_POLL_INTERVAL: Final = timedelta(seconds=1)
 #: How long a SQLite store waits for another process's write lock.
 DEFAULT_BUSY_TIMEOUT: Final = timedelta(seconds=30)
+#: How long ``prune`` keeps the tombstone of a pruned callback (it still deduplicates).
+DEFAULT_TOMBSTONE_RETENTION: Final = timedelta(days=90)
+#: The most body bytes kept over all kept rejected requests (``keep_rejected``).
+DEFAULT_KEEP_REJECTED_BYTES: Final = 16 * 1024 * 1024
 #: Where ``serve`` keeps callbacks when no ``--store`` is given.
 DEFAULT_STORE_URL: Final = "sqlite:///./runflow-callbacks.db"
 #: Table name (SQLite, PostgreSQL) or key prefix (Redis) used when none is given.

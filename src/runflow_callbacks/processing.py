@@ -277,13 +277,15 @@ class CallbackProcessor:
             self._log(context, outcome)
         return outcome
 
-    async def retry(self, key: str) -> Outcome:
+    async def retry(self, key: str, *, force: bool = False) -> Outcome:
         """Re-run a failed, dead, unhandled or pending callback now, with its tries reset.
 
-        A processed callback answers ``duplicate``; one under a live lease ``in_progress``.
-        Raises :class:`~runflow_callbacks.errors.UnknownCallbackError` for an unknown key.
+        A processed callback answers ``duplicate`` unless ``force`` (then it runs again,
+        recorded as one more attempt); one under a live lease ``in_progress``; a pruned one
+        (its body is gone) ``duplicate`` or ``dead`` as it stands. Raises
+        :class:`~runflow_callbacks.errors.UnknownCallbackError` for an unknown key.
         """
-        if not await self.store.reset_for_retry(key, now=self._now()):
+        if not await self.store.reset_for_retry(key, now=self._now(), force=force):
             record = await self.store.get(key)
             return self._not_run(key, None if record is None else record.state)
         claim = await self.store.claim(key, now=self._now(), lease=self.lease)

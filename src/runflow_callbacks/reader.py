@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
+import weakref
 from typing import TYPE_CHECKING, Final
 
 from runflow_callbacks._log import header_request_id, log_rejection
@@ -203,6 +204,11 @@ class CallbackReader:
         else:
             self._first = bytes(chunk)
 
+    def unverified_body(self) -> bytes:
+        """The body bytes read so far (all of them after a refused :meth:`finish`); empty once
+        the body went beyond the size limit. For keeping a rejected request, never for use."""
+        return self._first if self._buffer is None else self._buffer.getvalue()
+
     def finish(self) -> CallbackContext:
         """Verify the whole body, then parse it; return the context of the callback."""
         if self._buffer is None:
@@ -212,15 +218,20 @@ class CallbackReader:
             self._buffer = None
         self._first = b""
         secret = None
-        if self._expected is not None:
-            if self._incremental is not None:  # fed chunk by chunk as they arrived
-                secret = self._incremental.verify_digest(self._expected)
-            else:
-                secret = self._verifier.verify_digest(body, self._expected)
-        if not body:
-            raise InvalidPayloadError("the callback body is empty")
+        try:
+            if self._expected is not None:
+                if self._incremental is not None:  # fed chunk by chunk as they arrived
+                    secret = self._incremental.verify_digest(self._expected)
+                else:
+                    secret = self._verifier.verify_digest(body, self._expected)
+            if not body:
+                raise InvalidPayloadError("the callback body is empty")
+            payload = parse_callback(body)
+        except RunflowCallbackError:
+            self._first = body  # for unverified_body(): a receiver may keep what it refused
+            raise
         return CallbackContext(
-            payload=parse_callback(body),
+            payload=payload,
             body=body,
             secret_id=None if secret is None else secret.id,
             secret_label=None if secret is None else secret.name,
@@ -259,6 +270,7 @@ async def accept(
     started: float,
     rejected: Callable[[RunflowCallbackError], Awaitable[None]],
     budget: UnverifiedBudget | None = None,
+    keep: Callable[[RunflowCallbackError, Scope, CallbackReader | None], None] | None = None,
 ) -> CallbackContext | None:
     """The ASGI front half every front door shares: check the method, read and verify the
     callback, answer a rejection (logged once, reported to ``rejected``).
@@ -266,7 +278,8 @@ async def accept(
     Returns the context, also stored at ``scope["state"]["runflow_callback"]``; or None when
     the request was answered already (405, 400, 401, 408, 413, 503) or the client left
     mid-body. The body must arrive within ``options.body_timeout``; while it does, its bytes
-    are held in ``budget``.
+    are held in ``budget``. ``keep``, when given, is called with each rejection, the scope and
+    the reader (None when the headers were refused), to keep the refused request.
     """
     if scope["method"] != "POST":
         await send_method_not_allowed(send)
@@ -293,17 +306,10 @@ async def accept(
     except asyncio.CancelledError:
         if deadline is None or not deadline.expired:
             raise
-        error = deadline.error()
-        status, content = rejection(error)
-        log_rejection(logger, error, status, header_request_id(scope["headers"]), started)
-        await rejected(error)
-        await send_answer(send, status, content)
+        await _refuse(deadline.error(), scope, send, logger, started, rejected, keep, reader)
         return None
     except RunflowCallbackError as error:
-        status, content = rejection(error)
-        log_rejection(logger, error, status, header_request_id(scope["headers"]), started)
-        await rejected(error)
-        await send_answer(send, status, content)
+        await _refuse(error, scope, send, logger, started, rejected, keep, reader)
         return None
     finally:
         if deadline is not None:
@@ -314,11 +320,32 @@ async def accept(
     return context
 
 
-class _Deadline:
-    """One timer handle that cancels the current task after ``seconds`` (the body deadline):
-    cheaper than ``asyncio.timeout`` or ``wait_for``, which makes a task."""
+async def _refuse(  # noqa: PLR0917 - the private tail of accept(), called twice
+    error: RunflowCallbackError,
+    scope: Scope,
+    send: Send,
+    logger: logging.Logger,
+    started: float,
+    rejected: Callable[[RunflowCallbackError], Awaitable[None]],
+    keep: Callable[[RunflowCallbackError, Scope, CallbackReader | None], None] | None,
+    reader: CallbackReader | None,
+) -> None:
+    """Answer a rejection: logged once, reported to ``rejected`` (and ``keep``), then sent."""
+    status, content = rejection(error)
+    log_rejection(logger, error, status, header_request_id(scope["headers"]), started)
+    if keep is not None:
+        keep(error, scope, reader)
+    await rejected(error)
+    await send_answer(send, status, content)
 
-    __slots__ = ("_handle", "expired", "seconds", "task")
+
+class _Deadline:
+    """Cancels the current task once ``seconds`` have passed (the body deadline), unless
+    disarmed first: cheaper than ``asyncio.timeout`` or ``wait_for``, which make a task, and
+    than a timer per request. The deadlines of one event loop share one timer (a
+    :class:`_Sweeper`), set for the earliest of them."""
+
+    __slots__ = ("at", "expired", "seconds", "sweeper", "task")
 
     def __init__(self, seconds: float) -> None:
         task = asyncio.current_task()
@@ -326,26 +353,78 @@ class _Deadline:
         self.task = task
         self.seconds = seconds
         self.expired = False
-        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            seconds, self._expire
-        )
+        self.sweeper = _Sweeper.of(asyncio.get_running_loop())
+        self.at = self.sweeper.arm(self, seconds)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         self.expired = True
-        self._handle = None
         self.task.cancel()
 
     def cancel(self) -> None:
         """Disarm (idempotent)."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self.sweeper.pending.pop(self, None)
 
     def error(self) -> RequestTimeoutError:
         """The timeout as our error, the cancellation it used taken back."""
         if sys.version_info >= (3, 11):
             self.task.uncancel()  # the cancellation was ours, not the caller's
         return RequestTimeoutError(timeout_s=self.seconds)
+
+
+class _Sweeper:
+    """The body deadlines of one event loop: a dict of those armed, and one timer handle for
+    the earliest. Arming and disarming a deadline is a dict insert and pop; the timer is set
+    again only when it fires (about once per timeout while requests keep arriving), or when a
+    shorter deadline than the one it waits for is armed."""
+
+    __slots__ = ("_at", "_handle", "loop", "pending")
+
+    _current: _Sweeper | None = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: dict[_Deadline, None] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = 0.0
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Sweeper:
+        """The sweeper of ``loop`` (the last one used is kept: one loop per process, usually)."""
+        current = cls._current
+        if current is None or current.loop is not loop:
+            current = _SWEEPERS.get(loop)
+            if current is None:
+                current = _SWEEPERS[loop] = cls(loop)
+            cls._current = current
+        return current
+
+    def arm(self, deadline: _Deadline, seconds: float) -> float:
+        at = self.loop.time() + seconds
+        self.pending[deadline] = None
+        if self._handle is None or at < self._at:
+            self._schedule(at)
+        return at
+
+    def _schedule(self, at: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._at = at
+        self._handle = self.loop.call_at(at, self._sweep)
+
+    def _sweep(self) -> None:
+        self._handle = None
+        now = self.loop.time()
+        due = [deadline for deadline in self.pending if deadline.at <= now]
+        for deadline in due:
+            del self.pending[deadline]
+            deadline.expire()
+        if self.pending:
+            self._schedule(min(deadline.at for deadline in self.pending))
+
+
+_SWEEPERS: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeper]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def within(seconds: float, reading: Awaitable[bool]) -> bool:

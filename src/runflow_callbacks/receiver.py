@@ -52,6 +52,7 @@ from runflow_callbacks.handlers import Handler, HandlerTable
 from runflow_callbacks.options import ReaderView, resolve
 from runflow_callbacks.processing import CallbackProcessor
 from runflow_callbacks.reader import UnverifiedBudget, accept
+from runflow_callbacks.rejected import DEFAULT_KEEP_REJECTED_BYTES, RejectedKeeper
 from runflow_callbacks.verifier import Verifier
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     from runflow_callbacks.handlers import H
     from runflow_callbacks.metrics import CallbackMetrics
     from runflow_callbacks.options import ReceiverArgs, ReceiverOptions
+    from runflow_callbacks.reader import CallbackReader
     from runflow_callbacks.stores import CallbackStore
     from runflow_callbacks.tracing import CallbackTracing
     from runflow_callbacks.verifier import SecretsInput
@@ -109,7 +111,9 @@ class CallbackReceiver(ReaderView):
     handler run and store call there; with ``tracing`` (a
     :class:`~runflow_callbacks.tracing.CallbackTracing`) each callback is a span. Every option of
     :class:`~runflow_callbacks.options.ReceiverOptions` may be given as a keyword argument, or
-    all at once as ``options=``.
+    all at once as ``options=``. With a store, ``keep_rejected=N`` keeps the last ``N``
+    refused requests there (``keep_rejected_bytes`` of bodies at most; see
+    :mod:`runflow_callbacks.rejected`), to look at and replay.
     """
 
     def __init__(
@@ -120,6 +124,8 @@ class CallbackReceiver(ReaderView):
         metrics: CallbackMetrics | None = None,
         tracing: CallbackTracing | None = None,
         options: ReceiverOptions | None = None,
+        keep_rejected: int = 0,
+        keep_rejected_bytes: int = DEFAULT_KEEP_REJECTED_BYTES,
         **changes: Unpack[ReceiverArgs],
     ) -> None:
         self.verifier = secrets if isinstance(secrets, Verifier) else Verifier(secrets)
@@ -156,6 +162,13 @@ class CallbackReceiver(ReaderView):
         self._unsaved = 0
         self._saved_at = time.monotonic()
         self._saving: asyncio.Task[None] | None = None
+        self._save_timer: asyncio.TimerHandle | None = None
+        #: The rejected requests gathered for the store (``keep_rejected``), or None.
+        self.keeper: RejectedKeeper | None = None
+        if keep_rejected:
+            if store is None:
+                raise ConfigurationError("keep_rejected needs a store to keep them in")
+            self.keeper = RejectedKeeper(keep_rejected, max_bytes=keep_rejected_bytes)
 
     # --- registration --------------------------------------------------------------------
 
@@ -195,40 +208,72 @@ class CallbackReceiver(ReaderView):
             return STORE_UNAVAILABLE
 
     async def rejected(self, error: RunflowCallbackError) -> None:
-        """Called once for each request answered 400, 401 or 413. Counted in memory
-        (:attr:`rejections`, by code) and, with a store, added to ``stats().rejected`` in one
-        write every :data:`REJECTIONS_SAVED_EVERY_SECONDS` at most: a flood of forged requests
-        costs no store write per request. Override to count them elsewhere."""
+        """Called once for each request answered 400, 401, 408, 413 or 503. Counted in memory
+        (:attr:`rejections`, by code) and, with a store, added to ``stats().rejected`` (with the
+        requests kept by ``keep_rejected``) in one write every
+        :data:`REJECTIONS_SAVED_EVERY_SECONDS` at most: a flood of forged requests costs no
+        store write per request. Override to count them elsewhere."""
         self.rejections[error.code] += 1
         if self.metrics is not None:
             self.metrics.refused(error.code)
         if self.store is None:
             return
         self._unsaved += 1
-        if (
-            self._saving is None
-            and time.monotonic() - self._saved_at >= REJECTIONS_SAVED_EVERY_SECONDS
-        ):
+        if self._saving is None and self._save_timer is None:
+            wait = REJECTIONS_SAVED_EVERY_SECONDS - (time.monotonic() - self._saved_at)
+            if wait <= 0:
+                self._start_saving()
+            else:  # one timer per interval: what is gathered meanwhile goes in one write
+                self._save_timer = asyncio.get_running_loop().call_later(wait, self._start_saving)
+
+    def _keep(
+        self, error: RunflowCallbackError, scope: Scope, reader: CallbackReader | None
+    ) -> None:
+        """Gather one refused request for the store (``keep_rejected``)."""
+        assert self.keeper is not None
+        self.keeper.add(
+            error,
+            path=scope.get("path", ""),
+            raw_headers=scope["headers"],
+            reader=reader,
+            at=self.options.clock(),
+        )
+
+    def _start_saving(self) -> None:
+        self._save_timer = None
+        if self._saving is None:
             self._saving = asyncio.create_task(self._save_rejections())
 
     async def _save_rejections(self) -> None:
         count, self._unsaved = self._unsaved, 0
+        kept = [] if self.keeper is None else self.keeper.take()
         self._saved_at = time.monotonic()
         try:
             if count and self.store is not None:
                 await self.store.note_rejected(count)
+            count = 0
+            if kept and self.store is not None and self.keeper is not None:
+                await self.store.keep_rejected(kept, keep=self.keeper.keep)
         except StoreError as store_error:
             self._unsaved += count  # kept for the next write
-            logger.warning("could not count %d rejected callbacks: %s", count, store_error)
+            if self.keeper is not None:
+                self.keeper.give_back(kept)
+            logger.warning(
+                "could not save %d rejected callbacks: %s", count or len(kept), store_error
+            )
         finally:
             self._saving = None
 
     async def flush_rejections(self) -> None:
-        """Write the rejections counted since the last write to the store now (shutdown)."""
+        """Write the rejections counted (and kept) since the last write to the store now
+        (shutdown)."""
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+            self._save_timer = None
         saving = self._saving
         if saving is not None:
             await saving
-        if self._unsaved:
+        if self._unsaved or (self.keeper is not None and len(self.keeper)):
             await self._save_rejections()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -269,6 +314,7 @@ class CallbackReceiver(ReaderView):
             started=started,
             rejected=self.rejected if rejected is None else rejected,
             budget=self.budget,
+            keep=None if self.keeper is None else self._keep,
         )
 
     def _account(self, context: CallbackContext, outcome: Outcome, started: float) -> None:

@@ -64,7 +64,13 @@ if TYPE_CHECKING:
 
     from runflow_callbacks.handlers import Handler
     from runflow_callbacks.processing import CallbackProcessor
-    from runflow_callbacks.stores import CallbackStore, State, StoredCallback, StoreStats
+    from runflow_callbacks.stores import (
+        CallbackStore,
+        RejectedRequest,
+        State,
+        StoredCallback,
+        StoreStats,
+    )
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -85,6 +91,8 @@ RETRYABLE: Final[frozenset[str]] = frozenset({"failed", "dead", "unhandled", "re
 SIGN_IN_COOKIE: Final = "runflow_inbox_token"
 #: What a body shown on a page is cut to (the whole body stays in the store).
 MAX_SHOWN_BODY: Final = 256 * 1024
+#: The most rejected requests the rejected page lists (newest first).
+MAX_SHOWN_REJECTED: Final = 200
 #: A retry form is a key and a token: anything bigger is refused.
 _MAX_FORM_BYTES: Final = 16 * 1024
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost."})
@@ -130,6 +138,8 @@ header { display: flex; flex-wrap: wrap; gap: .5rem 1.25rem; align-items: baseli
          padding: .75rem 1.5rem; border-bottom: 1px solid var(--line); background: var(--soft); }
 header .brand { font-weight: 600; color: inherit; text-decoration: none; font-size: 15px; }
 header .meta { color: var(--muted); font-size: 12px; }
+header .links a { margin-right: .75rem; }
+details summary { cursor: pointer; color: var(--accent); }
 main { padding: 1rem 1.5rem 2rem; max-width: 1280px; }
 h1 { font-size: 18px; margin: .25rem 0 1rem; word-break: break-all; }
 h2 { font-size: 15px; margin: 1.5rem 0 .5rem; }
@@ -208,7 +218,9 @@ _PAGE: Final = """<!doctype html>
 <style>{css}</style>
 </head>
 <body>
-<header><a class="brand" href="/">runflow-callbacks inbox</a>{meta}</header>
+<header><a class="brand" href="/">runflow-callbacks inbox</a>
+<nav class="links"><a href="/">Callbacks</a> <a href="/rejected">Rejected requests</a></nav>
+{meta}</header>
 <main>
 {content}
 </main>
@@ -364,7 +376,10 @@ def _counts(stats: StoreStats, filters: _Filters) -> Html:
         ("rejected", stats.rejected, "refused by the receiver (bad signature, bad body...)"),
     )
     cards += [
-        render(_TOTAL, name=name, n=count, label=name, title=title) for name, count, title in totals
+        render(_TOTAL, name=name, n=count, label=name, title=title)
+        if name != "rejected"
+        else render(_COUNT, active="", name=name, href="/rejected", n=count, label=name)
+        for name, count, title in totals
     ]
     return render(
         '<section class="counts" aria-label="counts">{cards}</section>', cards=join(cards)
@@ -578,6 +593,7 @@ class _Inbox:
             ("next attempt", _when(record.next_attempt_at)),
             ("lease expires", _when(record.lease_expires_at)),
             ("processed", _when(record.processed_at)),
+            ("pruned", _when(record.pruned_at)),
         ]
         parts.append(
             render(
@@ -625,6 +641,77 @@ class _Inbox:
         )
         parts.append(render('<pre class="body">{body}</pre>', body=body))
         return self.page(f"Callback {record.key}", join(parts))
+
+    # -- GET /rejected --
+
+    async def rejected_page(self, _request: Request) -> HTMLResponse:
+        try:
+            requests = await self.store.list_rejected(limit=MAX_SHOWN_REJECTED)
+        except RunflowCallbackError as error:
+            return self.problem("Store unavailable", str(error), status=503)
+        parts = [
+            Html('<p><a href="/">← All callbacks</a></p>'),
+            Html("<h1>Rejected requests</h1>"),
+            Html(
+                '<p class="hint">The requests the receiver refused, newest first, as kept by '
+                "<code>serve --keep-rejected N</code> (credentials left out). Replay those a "
+                "wrong secret refused with <code>runflow-callbacks inbox replay-rejected "
+                "ID|--all</code>.</p>"
+            ),
+        ]
+        if not requests:
+            parts.append(
+                Html(
+                    '<p class="empty" role="status">No rejected requests kept. Start '
+                    "<code>runflow-callbacks serve</code> with <code>--keep-rejected N</code> to "
+                    "keep the last N.</p>"
+                )
+            )
+            return self.page("Rejected requests", join(parts))
+        rows = join(self._rejected_row(request) for request in requests)
+        parts.append(
+            render(
+                '<table class="rejected"><thead><tr><th>Id</th><th>Received (UTC)</th>'
+                "<th>Reason</th><th>Bytes</th><th>Request id</th><th>Replayed</th>"
+                "<th>Request</th></tr></thead><tbody>{rows}</tbody></table>",
+                rows=rows,
+            )
+        )
+        return self.page("Rejected requests", join(parts))
+
+    @staticmethod
+    def _rejected_row(request: RejectedRequest) -> Html:
+        headers = join(
+            render("{name}: {value}\n", name=name, value=value)
+            for name, value in request.headers.items()
+        )
+        cut = " (cut: not replayable)" if request.truncated else ""
+        replayed = (
+            render(
+                '<a href="{href}">{key}</a>',
+                href=_detail_url(request.replayed_key),
+                key=request.replayed_key,
+            )
+            if request.replayed_key is not None
+            else Html("no")
+        )
+        return render(
+            '<tr data-rejected="{id}" data-reason="{reason}"><td class="num">{id}</td>'
+            '<td class="received">{received}</td><td class="reason">{reason}</td>'
+            '<td class="num">{size}{cut}</td><td class="value">{request_id}</td>'
+            '<td class="replayed">{replayed}</td>'
+            '<td><details><summary>headers and body</summary><pre class="headers">{headers}'
+            '</pre><pre class="body">{body}</pre></details></td></tr>',
+            id=request.id or "-",
+            received=_when(request.received_at),
+            reason=request.reason,
+            size=request.body_bytes,
+            cut=cut,
+            request_id=request.headers.get("runflow-request-id", "-"),
+            replayed=replayed,
+            headers=headers,
+            body=_pretty(request.body[:MAX_SHOWN_BODY]),
+        )
 
     def _retry_form(self, record: StoredCallback) -> Html:
         if record.state not in RETRYABLE:
@@ -902,6 +989,7 @@ def create_web_app(
             Route("/", inbox.list_page, methods=["GET"]),
             Route("/callback", inbox.detail_page, methods=["GET"]),
             Route("/retry", inbox.retry, methods=["POST"]),
+            Route("/rejected", inbox.rejected_page, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

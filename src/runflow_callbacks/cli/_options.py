@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Final
 
 from runflow_callbacks.defaults import ENV_PREFIX
@@ -27,9 +27,11 @@ __all__ = [
     "add_receiver_options",
     "add_server_options",
     "env_name",
+    "moment",
     "option_flags",
     "options_from_args",
     "server_bounds",
+    "span",
 ]
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -56,6 +58,45 @@ def _duration(text: str) -> timedelta:
     if value == 0:
         raise argparse.ArgumentTypeError("must be more than 0 seconds")
     return timedelta(seconds=value)
+
+
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def span(text: str) -> timedelta:
+    """A duration for retention: ``90s``, ``30m``, ``12h``, ``7d``, ``2w`` (or seconds)."""
+    stripped = text.strip().lower()
+    unit = _UNITS.get(stripped[-1:], 0) if stripped else 0
+    number = stripped[:-1] if unit else stripped
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (a number and s, m, h, d or w: 7d, 12h)"
+        ) from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration > 0")
+    return timedelta(seconds=value)
+
+
+def moment(text: str) -> datetime:
+    """A point in time: ISO 8601 (``2026-12-01T10:00:00Z``; without a zone, UTC), or a
+    duration meaning that long ago (``2h``, ``7d``)."""
+    stripped = text.strip()
+    try:
+        parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        try:
+            ago = span(stripped)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a time: ISO 8601 (2026-12-01T10:00:00Z) or a duration "
+                "ago (2h, 7d)"
+            ) from None
+        return datetime.now(timezone.utc) - ago
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
 
 
 def _duration_or_zero(text: str) -> timedelta:

@@ -5,6 +5,10 @@
     runflow-callbacks inbox list --json
     runflow-callbacks inbox show batch:0190f2a4-...:batch.succeeded
     runflow-callbacks inbox retry batch:0190f2a4-...:batch.succeeded --handler app:handle
+    runflow-callbacks inbox retry --state processed --event batch.failed --since 2h --force
+    runflow-callbacks inbox prune --older-than 7d
+    runflow-callbacks inbox rejected
+    runflow-callbacks inbox replay-rejected --all --handler app:handle
     runflow-callbacks inbox stats
     runflow-callbacks inbox web --allow-retry --handler app:handle
 
@@ -28,24 +32,31 @@ from typing import TYPE_CHECKING, Final
 
 from runflow_callbacks.cli._common import (
     add_handler_option,
+    add_secret_options,
     add_store_options,
     handler_from_args,
     open_store_from_args,
     port_number,
     processor_for,
     run_with_store,
+    secrets_from_args,
     shown,
 )
+from runflow_callbacks.cli._options import moment, span
 from runflow_callbacks.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from datetime import datetime
 
-    from runflow_callbacks.stores import CallbackStore, StoredCallback
+    from runflow_callbacks.stores import CallbackStore, RejectedRequest, State, StoredCallback
 
 __all__ = [
     "register",
     "run_inbox_list",
+    "run_inbox_prune",
+    "run_inbox_rejected",
+    "run_inbox_replay_rejected",
     "run_inbox_retry",
     "run_inbox_show",
     "run_inbox_stats",
@@ -76,7 +87,8 @@ class _StoreStates:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``inbox`` and its actions (``list``, ``show``, ``retry``, ``stats``, ``web``)."""
+    """Add ``inbox`` and its actions (``list``, ``show``, ``retry``, ``prune``, ``rejected``,
+    ``replay-rejected``, ``stats``, ``web``)."""
     inbox = subparsers.add_parser(
         "inbox",
         help="look at and re-run what the receiver recorded",
@@ -101,20 +113,111 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     retry = actions.add_parser(
         "retry",
-        help="run failed or dead callbacks again",
+        help="run failed or dead callbacks again (processed ones with --force)",
         description=(
-            "Reset callbacks for another try. With --handler they run now; without it, a "
-            "running 'serve --inbox' worker picks them up. Exits 0 when every one ran "
-            "successfully (or was reset), 1 when any failed, was dead, unknown or not reset."
+            "Reset callbacks for another try: those named, or every one the filters select "
+            "(--state, --event, --since, --until; without --state: failed and dead ones). With "
+            "--handler they run now; without it, a running 'serve --inbox' worker picks them "
+            "up. --force also re-runs processed callbacks, as one more attempt. --dry-run "
+            "only prints what would be retried. Exits 0 when every one ran successfully (or "
+            "was reset), 1 when any failed, was dead, unknown or not reset."
         ),
     )
     retry.add_argument("keys", nargs="*", metavar="KEY", help="idempotency keys")
     retry.add_argument(
         "--all", dest="all_state", choices=["failed", "dead"], help="every callback in this state"
     )
+    retry_state = retry.add_argument(
+        "--state",
+        dest="states",
+        action="append",
+        help="select the callbacks in this state (repeatable)",
+    )
+    retry_state.choices = _StoreStates()
+    retry.add_argument("--event", help="select the callbacks of this event (batch.failed, ...)")
+    add_window_options(retry)
+    retry.add_argument(
+        "--force",
+        action="store_true",
+        help="also re-run processed callbacks (recorded as one more attempt)",
+    )
+    retry.add_argument(
+        "--dry-run", action="store_true", help="print what would be retried; change nothing"
+    )
     add_store_options(retry)
     add_handler_option(retry, what="run it now")
     retry.set_defaults(func=run_inbox_retry)
+
+    prune = actions.add_parser(
+        "prune",
+        help="remove the bodies of old finished callbacks, keeping tombstones that deduplicate",
+        description=(
+            "Retention: remove the body and headers of processed and dead callbacks last "
+            "updated more than --older-than ago. Each keeps a tombstone (key, state, counts, "
+            "times), so a later delivery of it is still answered as a duplicate and its handler "
+            "does not run again. Tombstones are removed --tombstones-older-than after their "
+            "last update. Durations: 90s, 30m, 12h, 7d, 2w."
+        ),
+    )
+    prune.add_argument(
+        "--older-than",
+        type=span,
+        required=True,
+        metavar="DURATION",
+        help="prune callbacks finished longer ago than this (7d, 12h, ...)",
+    )
+    prune.add_argument(
+        "--state",
+        dest="states",
+        action="append",
+        choices=["processed", "dead"],
+        help="prune only callbacks in this state (repeatable; default: processed and dead)",
+    )
+    prune.add_argument(
+        "--tombstones-older-than",
+        type=span,
+        metavar="DURATION",
+        help="remove the tombstones not updated for this long (default: 90d; a delivery "
+        "after that runs the handler again)",
+    )
+    prune.add_argument("--json", action="store_true", help="print the counts as JSON")
+    add_store_options(prune)
+    prune.set_defaults(func=run_inbox_prune)
+
+    rejected = actions.add_parser(
+        "rejected",
+        help="the requests the receiver refused, as kept by 'serve --keep-rejected N'",
+        description=(
+            "List the rejected requests kept in the store, newest first: id, time, reason, "
+            "body size, request id, and whether it was replayed since."
+        ),
+    )
+    add_store_options(rejected)
+    rejected.add_argument("--json", action="store_true", help="print a JSON array")
+    rejected.add_argument("--limit", type=_positive, metavar="N", help="at most N requests")
+    rejected.add_argument(
+        "--show", metavar="ID", help="print one request in full: headers and body"
+    )
+    rejected.set_defaults(func=run_inbox_rejected)
+
+    replay = actions.add_parser(
+        "replay-rejected",
+        help="verify kept rejected requests again with today's secrets and process them",
+        description=(
+            "Verify each kept rejected request again with the secrets given now (--secret or "
+            "$RUNFLOW_CALLBACK_SECRETS); those that verify are recorded exactly once, as "
+            "deliveries, and with --handler run now (without, a 'serve --inbox' worker runs "
+            "them). Exits 0 when every one named verified, 1 otherwise."
+        ),
+    )
+    replay.add_argument("ids", nargs="*", metavar="ID", help="ids from 'inbox rejected'")
+    replay.add_argument(
+        "--all", action="store_true", help="every kept request not replayed yet, oldest first"
+    )
+    add_secret_options(replay)
+    add_store_options(replay)
+    add_handler_option(replay, what="run it now")
+    replay.set_defaults(func=run_inbox_replay_rejected)
 
     stats = actions.add_parser("stats", help="counts: received, duplicates, rejected, ...")
     add_store_options(stats)
@@ -242,19 +345,58 @@ def run_inbox_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_window_options(parser: argparse.ArgumentParser) -> None:
+    """``--since`` and ``--until``: a window on the time callbacks were first received."""
+    parser.add_argument(
+        "--since",
+        type=moment,
+        metavar="TIME",
+        help="first received at or after TIME: ISO 8601 (UTC unless a zone is given) or a "
+        "duration ago (2h, 7d)",
+    )
+    parser.add_argument(
+        "--until", type=moment, metavar="TIME", help="first received before TIME (as --since)"
+    )
+
+
+async def _selected(store: CallbackStore, args: argparse.Namespace) -> list[StoredCallback]:
+    """The callbacks ``retry``'s filters select, oldest first, each once."""
+    filtering = bool(args.states or args.event or args.since or args.until)
+    states: list[State] = list(args.states or [])
+    if args.all_state is not None:
+        states.append(args.all_state)
+    if filtering and not states:
+        states = ["failed", "dead", "processed"] if args.force else ["failed", "dead"]
+    found: dict[str, StoredCallback] = {}
+    for state in dict.fromkeys(states):
+        for record in await store.list_callbacks(
+            state=state, event=args.event, since=args.since, until=args.until
+        ):
+            found[record.key] = record
+    return sorted(found.values(), key=lambda record: (record.received_at, record.key))
+
+
 def run_inbox_retry(args: argparse.Namespace) -> int:
     """Reset callbacks for another try; run them now when a handler is given."""
-    if not args.keys and args.all_state is None:
-        raise ConfigurationError("name the callbacks to retry, or pass --all failed|dead")
-    handler = handler_from_args(args)
+    filtering = bool(args.states or args.event or args.since or args.until)
+    if not args.keys and args.all_state is None and not filtering:
+        raise ConfigurationError(
+            "name the callbacks to retry, or select them: --all failed|dead, --state, "
+            "--event, --since, --until"
+        )
+    if args.since and args.until and args.since >= args.until:
+        raise ConfigurationError("--since must be before --until")
+    handler = None if args.dry_run else handler_from_args(args)
     # The clock and the store's errors: loaded for this action only.
     from runflow_callbacks._time import utc_now  # noqa: PLC0415
     from runflow_callbacks.stores import UnknownCallbackError  # noqa: PLC0415
 
     async def action(store: CallbackStore) -> int:
-        keys = list(args.keys)
-        if args.all_state is not None:
-            keys += [record.key for record in await store.list_callbacks(state=args.all_state)]
+        keys = dict.fromkeys(args.keys)
+        for record in await _selected(store, args):
+            keys.setdefault(record.key)
+        if args.dry_run:
+            return await _dry_run(store, list(keys), force=args.force)
         processor = processor_for(store, handler)
         status = 0
         for key in keys:
@@ -262,14 +404,14 @@ def run_inbox_retry(args: argparse.Namespace) -> int:
                 if processor is not None:
                     # Only a run that returned succeeded: failed, dead, duplicate (it was
                     # processed already, so nothing ran), in_progress or unhandled did not.
-                    outcome = await processor.retry(key)
+                    outcome = await processor.retry(key, force=args.force)
                     print(f"{shown(key)}: {outcome.status}")
                     succeeded = outcome.status == "processed"
-                elif await store.reset_for_retry(key, now=utc_now()):
+                elif await store.reset_for_retry(key, now=utc_now(), force=args.force):
                     print(f"{shown(key)}: due again (a running 'serve --inbox' worker will run it)")
                     succeeded = True
                 else:
-                    print(f"{shown(key)}: not reset (already processed, or running right now)")
+                    print(f"{shown(key)}: not reset ({await _why_not(store, key)})")
                     succeeded = False
             except UnknownCallbackError:
                 print(f"{shown(key)}: no such callback", file=sys.stderr)
@@ -278,6 +420,170 @@ def run_inbox_retry(args: argparse.Namespace) -> int:
         return status
 
     return run_with_store(args, action, create=False)
+
+
+async def _why_not(store: CallbackStore, key: str) -> str:
+    record = await store.get(key)
+    if record is not None and record.pruned:
+        return "pruned: its body is gone"
+    if record is not None and record.state == "processed":
+        return "already processed; --force runs it again"
+    return "running right now"
+
+
+async def _dry_run(store: CallbackStore, keys: list[str], *, force: bool) -> int:
+    """Print what ``retry`` would do with ``keys``; change nothing."""
+    from runflow_callbacks._time import utc_now  # noqa: PLC0415
+    from runflow_callbacks.stores._state import resettable  # noqa: PLC0415
+
+    now, count = utc_now(), 0
+    for key in keys:
+        record = await store.get(key)
+        if record is None:
+            print(f"{shown(key)}: no such callback", file=sys.stderr)
+            continue
+        if resettable(
+            record.state, record.lease_expires_at, now, force=force, pruned=record.pruned
+        ):
+            count += 1
+            print(
+                f"would retry {shown(key)} ({shown(record.state)}, {shown(record.event)}, "
+                f"received {_when(record)})"
+            )
+        else:
+            print(f"would not retry {shown(key)}: {await _why_not(store, key)}")
+    print(f"{count} callback(s) would be retried (dry run: nothing changed)")
+    return 0
+
+
+def run_inbox_prune(args: argparse.Namespace) -> int:
+    """Make tombstones of old finished callbacks; remove the oldest tombstones."""
+    from runflow_callbacks._time import utc_now  # noqa: PLC0415
+    from runflow_callbacks.defaults import DEFAULT_TOMBSTONE_RETENTION  # noqa: PLC0415
+
+    horizon = args.tombstones_older_than or DEFAULT_TOMBSTONE_RETENTION
+    if horizon < args.older_than:
+        raise ConfigurationError("--tombstones-older-than must not be shorter than --older-than")
+
+    async def action(store: CallbackStore) -> dict[str, int]:
+        now = utc_now()
+        result = await store.prune(
+            before=now - args.older_than,
+            now=now,
+            states=args.states or ("processed", "dead"),
+            tombstones_before=now - horizon,
+        )
+        return {"pruned": result.pruned, "tombstones_removed": result.removed}
+
+    counts = run_with_store(args, action, create=False)
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        print(
+            f"pruned {counts['pruned']} callback(s): bodies and headers removed, tombstones "
+            f"kept; removed {counts['tombstones_removed']} tombstone(s)"
+        )
+    return 0
+
+
+def run_inbox_rejected(args: argparse.Namespace) -> int:
+    """List the kept rejected requests, newest first (or show one)."""
+
+    async def action(store: CallbackStore) -> list[RejectedRequest]:
+        if args.show is not None:
+            one = await store.get_rejected(args.show)
+            if one is None:
+                raise ConfigurationError(f"no rejected request is kept under id {args.show!r}")
+            return [one]
+        return await store.list_rejected(limit=args.limit)
+
+    requests = run_with_store(args, action, create=False)
+    if args.show is not None:
+        [request] = requests
+        if args.json:
+            print(json.dumps(request.to_json(body=True)))
+            return 0
+        for name, value in request.to_json().items():
+            print(f"{name + ':':<14}{'' if value is None else shown(str(value))}")
+        for name, value in request.headers.items():
+            print(f"{'header:':<14}{shown(name)}: {shown(value)}")
+        print()
+        print(request.body.decode("utf-8", errors="replace"))
+        return 0
+    if args.json:
+        print(json.dumps([request.to_json() for request in requests], indent=2))
+        return 0
+    if not requests:
+        print("no rejected requests kept (serve --keep-rejected N keeps them)")
+        return 0
+    rows = [("ID", "RECEIVED (UTC)", "REASON", "BYTES", "REPLAYED", "REQUEST ID")]
+    rows += [
+        (
+            shown(request.id),
+            _stamp(request.received_at),
+            shown(request.reason),
+            f"{request.body_bytes}{' (cut)' if request.truncated else ''}",
+            "yes" if request.replayed_at is not None else "no",
+            shown(request.headers.get("runflow-request-id")),
+        )
+        for request in requests
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]))
+    return 0
+
+
+def run_inbox_replay_rejected(args: argparse.Namespace) -> int:
+    """Verify kept rejected requests again; process those that verify, exactly once."""
+    if not args.ids and not args.all:
+        raise ConfigurationError(
+            "name the rejected requests to replay (see 'inbox rejected'), or pass --all"
+        )
+    secrets = secrets_from_args(args)
+    handler = handler_from_args(args)
+    # The engine and the verifier: for this action only.
+    from runflow_callbacks.processing import CallbackProcessor  # noqa: PLC0415
+    from runflow_callbacks.rejected import replay  # noqa: PLC0415
+    from runflow_callbacks.verifier import Verifier  # noqa: PLC0415
+
+    verifier = Verifier(secrets)
+
+    async def action(store: CallbackStore) -> int:
+        ids: list[str] = list(dict.fromkeys(args.ids))
+        if args.all:
+            for request in reversed(await store.list_rejected()):  # oldest first
+                if request.id is not None and request.replayed_at is None and request.id not in ids:
+                    ids.append(request.id)
+        processor = CallbackProcessor(store, handler)
+        status = 0
+        for request_id in ids:
+            result = await replay(
+                store, request_id, verifier=verifier, processor=processor, run=handler is not None
+            )
+            if result.status == "replayed":
+                print(f"{shown(request_id)}: verified; {result.outcome} ({shown(result.key)})")
+                ok = result.outcome in {"processed", "recorded", "duplicate", "unhandled"}
+            elif result.status == "unverified":
+                print(f"{shown(request_id)}: still refused ({result.reason})")
+                ok = False
+            elif result.status == "truncated":
+                print(f"{shown(request_id)}: only part of its body was kept; cannot be replayed")
+                ok = False
+            else:
+                print(f"{shown(request_id)}: no such rejected request", file=sys.stderr)
+                ok = False
+            status |= 0 if ok else 1
+        if not ids:
+            print("nothing to replay: no kept rejected request waits for a replay")
+        return status
+
+    return run_with_store(args, action, create=False)
+
+
+def _stamp(moment_: datetime) -> str:
+    return moment_.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment_.microsecond // 1000:03d}"
 
 
 def run_inbox_stats(args: argparse.Namespace) -> int:

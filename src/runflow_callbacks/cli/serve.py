@@ -15,9 +15,10 @@ recorded is looked at with ``inbox`` (:mod:`runflow_callbacks.cli.inbox`).
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from runflow_callbacks.cli._common import (
     add_handler_option,
@@ -32,12 +33,14 @@ from runflow_callbacks.cli._options import (
     add_server_options,
     options_from_args,
     server_bounds,
+    span,
 )
-from runflow_callbacks.defaults import DEFAULT_CALLBACK_PATH
+from runflow_callbacks.defaults import (
+    DEFAULT_CALLBACK_PATH,
+    DEFAULT_TOMBSTONE_RETENTION,
+    ENV_PREFIX,
+)
 from runflow_callbacks.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    import argparse
 
 __all__ = ["register", "run_serve"]
 
@@ -90,15 +93,72 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="answer GET /metrics (Prometheus) on the serving port; needs the metrics extra. "
         "Keep it off the public path: route only the callback path to serve from outside",
     )
+    _add_operation_options(serve)
     add_receiver_options(serve)
     add_server_options(serve)
     serve.set_defaults(func=_check_then_serve)
+
+
+def _add_operation_options(serve: argparse.ArgumentParser) -> None:
+    """Retention and kept rejected requests, each with its variable."""
+    group = serve.add_argument_group("operations", f"each also read from {ENV_PREFIX}<NAME>")
+    group.add_argument(
+        "--retention",
+        type=span,
+        default=os.environ.get(ENV_PREFIX + "RETENTION"),
+        metavar="DURATION",
+        help="prune processed and dead callbacks finished longer ago than this, in the "
+        "background, keeping tombstones that still deduplicate (7d, 12h; default: "
+        f"${ENV_PREFIX}RETENTION, else never)",
+    )
+    group.add_argument(
+        "--tombstone-retention",
+        type=span,
+        default=os.environ.get(ENV_PREFIX + "TOMBSTONE_RETENTION"),
+        metavar="DURATION",
+        help="with --retention: remove tombstones not updated for this long (default: "
+        f"${ENV_PREFIX}TOMBSTONE_RETENTION, else 90d)",
+    )
+    group.add_argument(
+        "--keep-rejected",
+        type=_count,
+        default=os.environ.get(ENV_PREFIX + "KEEP_REJECTED", "0"),
+        metavar="N",
+        help="keep the last N rejected requests in the store, for 'inbox rejected' and "
+        f"'inbox replay-rejected' (default: ${ENV_PREFIX}KEEP_REJECTED, else 0: none)",
+    )
+    group.add_argument(
+        "--keep-rejected-bytes",
+        type=_count,
+        default=os.environ.get(ENV_PREFIX + "KEEP_REJECTED_BYTES", "16777216"),
+        metavar="N",
+        help="the most body bytes kept over all kept rejected requests, each getting N / "
+        "--keep-rejected of them (a body cut shorter is shown, never replayed; default: "
+        f"${ENV_PREFIX}KEEP_REJECTED_BYTES, else 16 MiB)",
+    )
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
 
 
 def _check_then_serve(args: argparse.Namespace) -> int:
     """:func:`run_serve`, once the store URL is known to be usable: a driver that is not
     installed or a URL it refuses is one line, not a traceback from inside the server."""
     check_store_url(args)
+    if args.tombstone_retention is not None and args.retention is None:
+        raise ConfigurationError("--tombstone-retention needs --retention")
+    if (
+        args.retention is not None
+        and (args.tombstone_retention or DEFAULT_TOMBSTONE_RETENTION) < args.retention
+    ):
+        raise ConfigurationError("--tombstone-retention must not be shorter than --retention")
     return run_serve(args)
 
 
@@ -123,6 +183,10 @@ def run_serve(args: argparse.Namespace) -> int:
         path=args.path,
         namespace=args.namespace,
         metrics=args.metrics,
+        retention=args.retention,
+        tombstone_retention=args.tombstone_retention or DEFAULT_TOMBSTONE_RETENTION,
+        keep_rejected=args.keep_rejected,
+        keep_rejected_bytes=args.keep_rejected_bytes,
         **options_from_args(args),
     )
     mode = "record only" if args.handler is None else app.state.receiver.options.mode

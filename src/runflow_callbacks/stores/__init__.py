@@ -55,7 +55,19 @@ operation              effect
 ``list_callbacks``     records in the order they were first received (``limit``, ``state``)
 ``stats``              distinct, duplicates, per-state, reconciled and rejected counts
 ``note_rejected``      counts a callback the receiver refused (bad signature, bad body...)
+``prune``              retention: removes the body and headers of ``processed`` and ``dead``
+                       callbacks last updated before a time, keeping a *tombstone* (key, state,
+                       counts, times, ``pruned_at``) so that a later delivery is still a
+                       duplicate; removes tombstones last updated before a (much older) time
+``keep_rejected``      keeps rejected requests (time, reason, headers without credentials, the
+                       body up to a bound), only the newest ``keep`` of them
+``list_rejected``      the kept rejected requests, newest first (``get_rejected``: one by id)
+``mark_replayed``      notes that a kept rejected request was verified and recorded since
 =====================  ==========================================================================
+
+``reset_for_retry`` with ``force=True`` also takes a ``processed`` callback (``inbox retry
+--force``): it becomes ``received`` again, keeping its attempts, so the run is one more attempt.
+A pruned callback (no body left) is never reset.
 
 A stale token (its lease expired and someone else claimed the callback since) can neither
 complete, fail, renew nor release it: those return False and change nothing. ``processed`` and
@@ -82,20 +94,23 @@ from runflow_callbacks.errors import ConfigurationError, UnknownCallbackError
 from runflow_callbacks.keys import KeyFunction, check_key, default_key
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping, Sequence
     from types import TracebackType
 
     from typing_extensions import Self
 
 __all__ = [
     "DEFAULT_NAMESPACE",
+    "PRUNABLE_STATES",
     "STATES",
     "Admission",
     "CallbackStore",
     "Claim",
     "IncomingCallback",
     "KeyFunction",
+    "Pruned",
     "Recorded",
+    "RejectedRequest",
     "Source",
     "State",
     "StoreStats",
@@ -119,6 +134,8 @@ STATES: Final[tuple[State, ...]] = (
     "dead",
     "unhandled",
 )
+#: The states ``prune`` may take the body of: finished, never to run again by themselves.
+PRUNABLE_STATES: Final[tuple[State, ...]] = ("processed", "dead")
 Source = Literal["delivery", "reconcile"]
 """How a callback reached the store: delivered by Runflow, or read back from its history."""
 
@@ -172,6 +189,12 @@ class StoredCallback(IncomingCallback):
     lease_expires_at: datetime | None
     processed_at: datetime | None
     updated_at: datetime
+    pruned_at: datetime | None = None
+
+    @property
+    def pruned(self) -> bool:
+        """True for a tombstone: retention removed its body and headers (``prune``)."""
+        return self.pruned_at is not None
 
     @property
     def duplicates(self) -> int:
@@ -202,6 +225,7 @@ class StoredCallback(IncomingCallback):
             "lease_expires_at": iso(self.lease_expires_at),
             "processed_at": iso(self.processed_at),
             "updated_at": iso(self.updated_at),
+            "pruned_at": iso(self.pruned_at),
         }
 
 
@@ -251,6 +275,61 @@ class Admission:
     def acquired(self) -> bool:
         """True when this caller now holds the lease."""
         return self.token is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """The answer of :meth:`CallbackStore.prune`: callbacks made tombstones, tombstones removed."""
+
+    pruned: int = 0
+    removed: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RejectedRequest:
+    """A request the receiver refused (400, 401, 408, 413), kept to look at and replay.
+
+    ``headers`` are the request's headers without credentials (see
+    :mod:`runflow_callbacks.rejected`); ``body`` holds at most a bounded prefix of the body
+    read, ``body_bytes`` how many bytes were read (``truncated`` when they differ: such a body
+    can be looked at, not replayed). ``id`` is given by the store (``keep_rejected``);
+    ``replayed_at`` and ``replayed_key`` are set by ``mark_replayed`` once a replay verified it
+    and recorded it under that key.
+    """
+
+    received_at: datetime
+    reason: str
+    path: str
+    headers: Mapping[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
+    body_bytes: int
+    id: str | None = None
+    replayed_at: datetime | None = None
+    replayed_key: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """True when only a prefix of the body read was kept."""
+        return len(self.body) < self.body_bytes
+
+    def to_json(self, *, body: bool = False) -> dict[str, object]:
+        """A JSON-ready summary (``inbox rejected --json``); the body only when asked."""
+        shown: dict[str, object] = {
+            "id": self.id,
+            "received_at": self.received_at.isoformat(),
+            "reason": self.reason,
+            "path": self.path,
+            "body_bytes": self.body_bytes,
+            "kept_bytes": len(self.body),
+            "truncated": self.truncated,
+            "request_id": self.headers.get("runflow-request-id"),
+            "replayed_at": None if self.replayed_at is None else self.replayed_at.isoformat(),
+            "replayed_key": self.replayed_key,
+        }
+        if body:
+            shown["headers"] = dict(self.headers)
+            shown["body"] = self.body.decode("utf-8", errors="replace")
+        return shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,9 +420,17 @@ class CallbackStore(Protocol):
         ...
 
     async def list_callbacks(
-        self, *, limit: int | None = None, state: State | None = None
+        self,
+        *,
+        limit: int | None = None,
+        state: State | None = None,
+        event: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[StoredCallback]:
-        """Callbacks in the order they were first received (all unless ``limit``)."""
+        """Callbacks in the order they were first received (all unless ``limit``), only those
+        in ``state``, of ``event`` and first received at ``since`` or later and before
+        ``until`` when given."""
         ...
 
     async def stats(self) -> StoreStats:
@@ -354,12 +441,44 @@ class CallbackStore(Protocol):
         """Count ``count`` callbacks the receiver rejected (bad signature, bad body...)."""
         ...
 
-    async def reset_for_retry(self, key: str, *, now: datetime) -> bool:
-        """Make a failed, dead, received or unhandled callback due again with zero attempts.
+    async def reset_for_retry(self, key: str, *, now: datetime, force: bool = False) -> bool:
+        """Make a failed, dead, received or unhandled callback due again with zero attempts;
+        with ``force``, a processed one too (its attempts kept: the run is one more attempt).
 
-        False (no change) when it is processed or held under a live lease; raises
-        :class:`UnknownCallbackError` when absent.
+        False (no change) when it is processed (without ``force``), held under a live lease or
+        pruned; raises :class:`UnknownCallbackError` when absent.
         """
+        ...
+
+    async def prune(
+        self,
+        *,
+        before: datetime,
+        now: datetime,
+        states: Collection[State] = PRUNABLE_STATES,
+        tombstones_before: datetime | None = None,
+    ) -> Pruned:
+        """Retention: make tombstones of the callbacks in ``states`` (``processed`` and/or
+        ``dead``) last updated before ``before`` (body and headers removed, ``pruned_at =
+        now``), then remove the tombstones last updated before ``tombstones_before``."""
+        ...
+
+    async def keep_rejected(self, requests: Sequence[RejectedRequest], *, keep: int) -> None:
+        """Keep ``requests`` (in order, each given a new id) and only the newest ``keep`` of
+        all those kept."""
+        ...
+
+    async def list_rejected(self, *, limit: int | None = None) -> list[RejectedRequest]:
+        """The kept rejected requests, newest first."""
+        ...
+
+    async def get_rejected(self, request_id: str) -> RejectedRequest | None:
+        """One kept rejected request by its id, or None."""
+        ...
+
+    async def mark_replayed(self, request_id: str, *, key: str, now: datetime) -> bool:
+        """Note that ``request_id`` verified and was recorded under ``key``; False when it is
+        no longer kept."""
         ...
 
     async def ready(self) -> None:
@@ -413,6 +532,29 @@ def check_state(state: object) -> State | None:
     if state is not None and state not in STATES:
         raise ConfigurationError(f"state must be one of {', '.join(STATES)}, not {state!r}")
     return state
+
+
+def check_prunable(states: object) -> tuple[State, ...]:
+    """``prune`` takes a non-empty collection of :data:`PRUNABLE_STATES`."""
+    if isinstance(states, str) or not states:
+        raise ConfigurationError("states must be a non-empty collection of states")
+    chosen = tuple(dict.fromkeys(states))  # type: ignore[call-overload]
+    for state in chosen:
+        if state not in PRUNABLE_STATES:
+            raise ConfigurationError(
+                f"only {' and '.join(PRUNABLE_STATES)} callbacks can be pruned, not {state!r}"
+            )
+    return chosen
+
+
+def check_window(since: datetime | None, until: datetime | None) -> None:
+    """``since`` and ``until`` must be aware datetimes (``since`` before ``until``)."""
+    if since is not None:
+        aware(since, name="since")
+    if until is not None:
+        aware(until, name="until")
+    if since is not None and until is not None and since >= until:
+        raise ConfigurationError("since must be before until")
 
 
 def check_namespace(namespace: object) -> str:

@@ -14,7 +14,9 @@ expired: its holder crashed):
 - ``unhandled`` → ``received`` (due ``now``, attempts kept): a new arrival through
   ``record_and_claim``, which then claims it when asked to (``record`` only counts it);
 - anything but ``processed`` or a live lease → ``received`` with zero attempts, due ``now``:
-  ``reset_for_retry``.
+  ``reset_for_retry``; with ``force``, ``processed`` → ``received`` too, attempts kept;
+- ``processed``/``dead`` → the same state as a tombstone (no body, no headers, ``pruned_at``
+  set): ``prune``, which later removes tombstones altogether. A tombstone is never reset.
 
 Every backend also keeps a *due time* per callback, which ``claim_due`` compares with ``now``:
 ``received_at`` when recorded, ``now`` when reset or woken from ``unhandled``, the lease expiry
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 from runflow_callbacks.stores import StoredCallback, aware
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Collection
 
     from runflow_callbacks.stores import IncomingCallback, State
 
@@ -44,13 +46,17 @@ __all__ = [
     "as_delivered",
     "as_failed",
     "as_processed",
+    "as_pruned",
     "as_released",
     "as_reset",
     "as_woken",
     "can_claim",
+    "expired_tombstone",
     "from_us",
+    "listed",
     "new_record",
     "new_token",
+    "prunable",
     "record_from_row",
     "resettable",
     "to_us",
@@ -81,11 +87,50 @@ def can_claim(state: State, lease_expires_at: datetime | None, now: datetime) ->
     return state == "processing" and (lease_expires_at is None or lease_expires_at <= now)
 
 
-def resettable(state: State, lease_expires_at: datetime | None, now: datetime) -> bool:
-    """``reset_for_retry`` leaves processed callbacks and live leases alone."""
-    if state == "processed":
+def resettable(
+    state: State,
+    lease_expires_at: datetime | None,
+    now: datetime,
+    *,
+    force: bool = False,
+    pruned: bool = False,
+) -> bool:
+    """``reset_for_retry`` leaves live leases and tombstones alone, and processed callbacks
+    unless forced."""
+    if pruned or (state == "processed" and not force):
         return False
     return state != "processing" or lease_expires_at is None or lease_expires_at <= now
+
+
+def listed(
+    record: StoredCallback,
+    *,
+    state: State | None,
+    event: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> bool:
+    """Whether ``list_callbacks`` with these filters shows ``record``."""
+    return (
+        (state is None or record.state == state)
+        and (event is None or record.event == event)
+        and (since is None or record.received_at >= since)
+        and (until is None or record.received_at < until)
+    )
+
+
+def prunable(record: StoredCallback, *, before: datetime, states: Collection[State]) -> bool:
+    """Whether ``prune`` makes a tombstone of ``record`` (finished, updated before ``before``)."""
+    return record.pruned_at is None and record.state in states and record.updated_at < before
+
+
+def expired_tombstone(record: StoredCallback, *, tombstones_before: datetime | None) -> bool:
+    """Whether ``prune`` removes ``record``: a tombstone last updated before the horizon."""
+    return (
+        tombstones_before is not None
+        and record.pruned_at is not None
+        and record.updated_at < tombstones_before
+    )
 
 
 def new_token() -> str:
@@ -133,6 +178,7 @@ def record_from_row(
         lease_expires_at=moment(row["lease_expires_at"]),
         processed_at=moment(row["processed_at"]),
         updated_at=updated_at,
+        pruned_at=moment(row["pruned_at"]),
     )
 
 
@@ -242,12 +288,19 @@ def as_released(record: StoredCallback, now: datetime) -> StoredCallback:
 
 
 def as_reset(record: StoredCallback, now: datetime) -> StoredCallback:
-    """``record`` as ``reset_for_retry`` leaves it: ``received``, zero attempts, due ``now``."""
+    """``record`` as ``reset_for_retry`` leaves it: ``received``, due ``now``, with zero
+    attempts, or its attempts kept when it was processed (a forced re-run is one more)."""
     return dataclasses.replace(
         record,
         state="received",
-        attempts=0,
+        attempts=record.attempts if record.state == "processed" else 0,
         next_attempt_at=None,
         lease_expires_at=None,
+        processed_at=None,
         updated_at=now,
     )
+
+
+def as_pruned(record: StoredCallback, now: datetime) -> StoredCallback:
+    """``record`` as ``prune`` leaves it: a tombstone, without body or headers."""
+    return dataclasses.replace(record, body=b"", headers={}, pruned_at=now)

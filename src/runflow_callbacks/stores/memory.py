@@ -7,9 +7,12 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from runflow_callbacks.stores import (
+    PRUNABLE_STATES,
     Admission,
     Claim,
+    Pruned,
     Recorded,
+    RejectedRequest,
     StoreBase,
     StoredCallback,
     StoreStats,
@@ -17,23 +20,30 @@ from runflow_callbacks.stores import (
     aware,
     check_lease,
     check_limit,
+    check_prunable,
     check_state,
+    check_window,
 )
 from runflow_callbacks.stores._state import (
     as_claimed,
     as_delivered,
     as_failed,
     as_processed,
+    as_pruned,
     as_released,
     as_reset,
     as_woken,
     can_claim,
+    expired_tombstone,
+    listed,
     new_record,
     new_token,
+    prunable,
     resettable,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Collection, Sequence
     from datetime import datetime, timedelta
 
     from runflow_callbacks.stores import IncomingCallback, State
@@ -53,6 +63,8 @@ class MemoryStore(StoreBase):
         self._tokens: dict[str, str] = {}
         self._due: dict[str, datetime] = {}
         self._rejected = 0
+        self._kept: dict[str, RejectedRequest] = {}  # in id order
+        self._last_id = 0
         self._closed = False
 
     def _check_open(self) -> None:
@@ -204,14 +216,25 @@ class MemoryStore(StoreBase):
         return self._records.get(key)
 
     async def list_callbacks(
-        self, *, limit: int | None = None, state: State | None = None
+        self,
+        *,
+        limit: int | None = None,
+        state: State | None = None,
+        event: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[StoredCallback]:
         self._check_open()
         check_limit(limit)
         check_state(state)
+        check_window(since, until)
         await asyncio.sleep(0)
         records = sorted(
-            (r for r in self._records.values() if state is None or r.state == state),
+            (
+                record
+                for record in self._records.values()
+                if listed(record, state=state, event=event, since=since, until=until)
+            ),
             key=lambda record: (record.received_at, record.key),
         )
         return records if limit is None else records[:limit]
@@ -242,16 +265,76 @@ class MemoryStore(StoreBase):
         check_limit(count, name="count")
         self._rejected += count
 
-    async def reset_for_retry(self, key: str, *, now: datetime) -> bool:
+    async def reset_for_retry(self, key: str, *, now: datetime, force: bool = False) -> bool:
         self._check_open()
         now = aware(now)
         await asyncio.sleep(0)
         record = self._get(key)
-        if not resettable(record.state, record.lease_expires_at, now):
+        if not resettable(
+            record.state, record.lease_expires_at, now, force=force, pruned=record.pruned
+        ):
             return False
         self._tokens.pop(key, None)
         self._due[key] = now
         self._records[key] = as_reset(record, now)
+        return True
+
+    async def prune(
+        self,
+        *,
+        before: datetime,
+        now: datetime,
+        states: Collection[State] = PRUNABLE_STATES,
+        tombstones_before: datetime | None = None,
+    ) -> Pruned:
+        self._check_open()
+        before, now = aware(before, name="before"), aware(now)
+        if tombstones_before is not None:
+            tombstones_before = aware(tombstones_before, name="tombstones_before")
+        chosen = check_prunable(states)
+        await asyncio.sleep(0)
+        pruned = removed = 0
+        for key, record in list(self._records.items()):
+            if prunable(record, before=before, states=chosen):
+                self._records[key] = as_pruned(record, now)
+                pruned += 1
+            elif expired_tombstone(record, tombstones_before=tombstones_before):
+                del self._records[key]
+                self._due.pop(key, None)
+                removed += 1
+        return Pruned(pruned=pruned, removed=removed)
+
+    async def keep_rejected(self, requests: Sequence[RejectedRequest], *, keep: int) -> None:
+        self._check_open()
+        check_limit(keep, name="keep")
+        await asyncio.sleep(0)
+        for request in requests:
+            self._last_id += 1
+            request_id = str(self._last_id)
+            self._kept[request_id] = dataclasses.replace(request, id=request_id)
+        for request_id in list(self._kept)[: max(len(self._kept) - keep, 0)]:
+            del self._kept[request_id]
+
+    async def list_rejected(self, *, limit: int | None = None) -> list[RejectedRequest]:
+        self._check_open()
+        check_limit(limit)
+        await asyncio.sleep(0)
+        newest_first = list(reversed(self._kept.values()))
+        return newest_first if limit is None else newest_first[:limit]
+
+    async def get_rejected(self, request_id: str) -> RejectedRequest | None:
+        self._check_open()
+        await asyncio.sleep(0)
+        return self._kept.get(request_id)
+
+    async def mark_replayed(self, request_id: str, *, key: str, now: datetime) -> bool:
+        self._check_open()
+        now = aware(now)
+        await asyncio.sleep(0)
+        request = self._kept.get(request_id)
+        if request is None:
+            return False
+        self._kept[request_id] = dataclasses.replace(request, replayed_at=now, replayed_key=key)
         return True
 
     async def ready(self) -> None:

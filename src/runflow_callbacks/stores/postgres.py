@@ -7,7 +7,16 @@ also takes the lease in that statement), a conditional ``UPDATE ... RETURNING`` 
 exactly one claimer wins), and ``claim_due`` takes due rows with ``FOR UPDATE SKIP LOCKED`` so
 that workers on several replicas share the work without waiting on each other. The table
 (named by ``namespace``) is created on first use, under an advisory lock so that replicas
-starting together do not race. Requires PostgreSQL 13 or newer.
+starting together do not race; a table of an earlier version is completed there the same way
+(``ADD COLUMN IF NOT EXISTS pruned_at``, the retention indexes, the rejected requests' table),
+and once the layout is complete no DDL runs at all. Requires PostgreSQL 13 or newer.
+
+Retention (``prune``) is one statement: a ``DELETE`` of old tombstones and an ``UPDATE`` that
+empties the body and headers of old finished callbacks, each reading a partial index on
+``updated_at`` (``<namespace>_prunable``, ``<namespace>_tombstones``), so its cost follows the
+rows it changes, not the table. Kept rejected requests live in ``<namespace>_rejected`` (ids
+from a ``bigint`` identity, never reused), written and trimmed to the newest ``keep`` in one
+transaction under a lock of that table, so that replicas keeping requests together take turns.
 
 The writes of every callback (``record_and_claim``, ``complete``, ``fail``, ``release``,
 ``renew``) are one statement each answering one row, and the ones in flight together are
@@ -38,9 +47,12 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from runflow_callbacks.errors import ConfigurationError, StoreError
 from runflow_callbacks.stores import (
     DEFAULT_NAMESPACE,
+    PRUNABLE_STATES,
     Admission,
     Claim,
+    Pruned,
     Recorded,
+    RejectedRequest,
     StoreBase,
     StoredCallback,
     StoreStats,
@@ -49,7 +61,9 @@ from runflow_callbacks.stores import (
     check_lease,
     check_limit,
     check_namespace,
+    check_prunable,
     check_state,
+    check_window,
     mask_url,
     scrub,
 )
@@ -70,7 +84,7 @@ except ImportError as exc:  # pragma: no cover - only without the extra
     ) from exc
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Collection, Sequence
     from datetime import timedelta
 
     from runflow_callbacks.stores import IncomingCallback, State
@@ -104,6 +118,13 @@ _COLUMNS: Final = (
     "processed_at",
     "updated_at",
 )
+# Every column read back: the written ones and ``pruned_at``, added by ``prune`` (and to the
+# tables of earlier versions by _create_schema: the last column of both layouts).
+_FIELDS: Final = (*_COLUMNS, "pruned_at")
+# The whole layout, every statement idempotent: run under the namespace's advisory lock, by the
+# first replica that finds a part of it missing (see PostgresStore._create_schema). A table of
+# an earlier version gains ``pruned_at`` (nullable, no default: a change of the catalog only),
+# the retention indexes and the table of kept rejected requests.
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS {table} (
     key text PRIMARY KEY,
@@ -126,12 +147,39 @@ CREATE TABLE IF NOT EXISTS {table} (
     processed_at timestamptz,
     updated_at timestamptz NOT NULL,
     lease_token text,
-    due_at timestamptz
+    due_at timestamptz,
+    pruned_at timestamptz
 );
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS pruned_at timestamptz;
 CREATE INDEX IF NOT EXISTS {by_received} ON {table} (received_at, key);
 CREATE INDEX IF NOT EXISTS {by_due} ON {table} (due_at, key) WHERE due_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS {prunable} ON {table} (updated_at)
+    WHERE pruned_at IS NULL AND state IN ('processed', 'dead');
+CREATE INDEX IF NOT EXISTS {tombstones} ON {table} (updated_at) WHERE pruned_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {counters} (name text PRIMARY KEY, value bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS {rejected} (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    received_at timestamptz NOT NULL,
+    reason text NOT NULL,
+    path text NOT NULL,
+    headers text NOT NULL,
+    body bytea NOT NULL,
+    body_bytes bigint NOT NULL,
+    replayed_at timestamptz,
+    replayed_key text
+);
 """
+# Whether the whole layout is there already (the usual case): then no DDL runs at all, so no
+# lock is taken on the table (ALTER TABLE takes an exclusive one even when it changes nothing).
+_LAYOUT: Final = (
+    "SELECT to_regclass(%(table)s) IS NOT NULL"
+    " AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%(table)s)"
+    " AND attname = 'pruned_at' AND NOT attisdropped)"
+    " AND to_regclass(%(counters)s) IS NOT NULL AND to_regclass(%(rejected)s) IS NOT NULL"
+    " AND to_regclass(%(by_received)s) IS NOT NULL AND to_regclass(%(by_due)s) IS NOT NULL"
+    " AND to_regclass(%(prunable)s) IS NOT NULL AND to_regclass(%(tombstones)s) IS NOT NULL"
+    " AS complete"
+)
 # What claim (and record_and_claim) may take: the rule of can_claim.
 _CLAIMABLE: Final = (
     "(t.state IN ('received', 'failed', 'unhandled') OR (t.state = 'processing' "
@@ -166,8 +214,8 @@ _ADMIT: Final = (
     " coalesce(t.lease_token = %(token)s, false) AS acquired"
 )
 # complete, fail, renew and release: one conditional UPDATE, answering whether it applied and
-# whether the key exists at all (rows are never deleted, so the statement's snapshot answers
-# that exactly): one row, so that the statement can join a batch.
+# whether the key exists at all (both read the statement's one snapshot, so they agree even
+# when ``prune`` deletes the row meanwhile): one row, so that the statement can join a batch.
 _FINISH: Final = (
     "WITH done AS (UPDATE {table} SET {assignments} WHERE key = %(key)s"
     " AND state = 'processing' AND lease_token = %(token)s RETURNING key) "
@@ -203,6 +251,40 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 def _to_record(row: dict[str, Any]) -> StoredCallback:
     return record_from_row(row, _utc, from_postgres)
+
+
+_REJECTED_FIELDS: Final = (
+    "id, received_at, reason, path, headers, body, body_bytes, replayed_at, replayed_key"
+)
+_MAX_ID: Final = 2**63 - 1  # bigint
+
+
+def _to_rejected(row: dict[str, Any]) -> RejectedRequest:
+    received_at = _utc(row["received_at"])
+    assert received_at is not None
+    reason, path = from_postgres(row["reason"]), from_postgres(row["path"])
+    assert reason is not None
+    assert path is not None
+    return RejectedRequest(
+        received_at=received_at,
+        reason=reason,
+        path=path,
+        headers=json.loads(row["headers"]),
+        body=bytes(row["body"]),
+        body_bytes=int(row["body_bytes"]),
+        id=str(row["id"]),
+        replayed_at=_utc(row["replayed_at"]),
+        replayed_key=from_postgres(row["replayed_key"]),
+    )
+
+
+def _rejected_id(request_id: object) -> int | None:
+    """The number of a kept request's id, or None for anything ``keep_rejected`` never gave
+    (not a decimal number as ``str(int)`` writes it, or beyond ``bigint``)."""
+    if not isinstance(request_id, str) or not request_id.isascii() or not request_id.isdigit():
+        return None
+    number = int(request_id)
+    return number if str(number) == request_id and 0 < number <= _MAX_ID else None
 
 
 def _text_params(incoming: IncomingCallback) -> dict[str, Any]:
@@ -287,7 +369,9 @@ class PostgresStore(StoreBase):
         self._closed = False
         self._table = sql.Identifier(self.namespace)
         self._columns = sql.SQL(", ").join(sql.Identifier(name) for name in _COLUMNS)
-        self._t_columns = sql.SQL(", ").join(sql.Identifier("t", name) for name in _COLUMNS)
+        self._fields = sql.SQL(", ").join(sql.Identifier(name) for name in _FIELDS)
+        self._t_fields = sql.SQL(", ").join(sql.Identifier("t", name) for name in _FIELDS)
+        self._rejected = sql.Identifier(f"{self.namespace}_rejected")
         # Rendered once: these are the statements of every delivery.
         self._admit_record = self._q(_ADMIT, takes=sql.SQL("FALSE")).as_bytes(None)
         self._admit_claim = self._q(_ADMIT, takes=sql.SQL(_CLAIMABLE)).as_bytes(None)
@@ -476,20 +560,41 @@ class PostgresStore(StoreBase):
         return False
 
     async def _create_schema(self, connection: Connection) -> None:
+        """Create the tables and indexes, or complete those of an earlier version, once.
+
+        Under the namespace's advisory lock (the one earlier versions create the table under),
+        so replicas starting together take turns: the first finds a part missing and runs the
+        idempotent ``_SCHEMA`` (``IF NOT EXISTS`` everywhere); the ones after it wait for its
+        commit, then find the layout complete and run no DDL. Upgrading a big table of an
+        earlier version builds its two retention indexes once, in that transaction: writes to
+        the table wait for the build (reads do not).
+        """
         async with self._ready_lock:
             if self._ready:
                 return
-            schema = sql.SQL(_SCHEMA).format(
-                table=self._table,
-                by_received=sql.Identifier(f"{self.namespace}_by_received"),
-                by_due=sql.Identifier(f"{self.namespace}_by_due"),
-                counters=sql.Identifier(f"{self.namespace}_counters"),
-            )
+            names = {
+                name: f"{self.namespace}{suffix}"
+                for name, suffix in (
+                    ("table", ""),
+                    ("by_received", "_by_received"),
+                    ("by_due", "_by_due"),
+                    ("prunable", "_prunable"),
+                    ("tombstones", "_tombstones"),
+                    ("counters", "_counters"),
+                    ("rejected", "_rejected"),
+                )
+            }
             async with connection.transaction():
                 await connection.execute(
                     "SELECT pg_advisory_xact_lock(hashtext(%s))", (self.namespace,)
                 )
-                await connection.execute(schema)
+                cursor = await connection.execute(_LAYOUT, names)
+                row = await cursor.fetchone()
+                if not (row and row["complete"]):
+                    schema = sql.SQL(_SCHEMA).format(
+                        **{name: sql.Identifier(value) for name, value in names.items()}
+                    )
+                    await connection.execute(schema)
             self._ready = True
 
     async def _fetch(
@@ -510,12 +615,17 @@ class PostgresStore(StoreBase):
 
     def _q(self, text: str, **parts: sql.Composable) -> sql.Composed:
         return sql.SQL(text).format(
-            table=self._table, columns=self._columns, t_columns=self._t_columns, **parts
+            table=self._table,
+            columns=self._columns,
+            fields=self._fields,
+            t_fields=self._t_fields,
+            rejected=self._rejected,
+            **parts,
         )
 
     async def _select(self, key: str) -> dict[str, Any] | None:
         rows = await self._fetch(
-            self._q("SELECT {columns} FROM {table} WHERE key = %s"),
+            self._q("SELECT {fields} FROM {table} WHERE key = %s"),
             (to_postgres(key),),
             read_only=True,
         )
@@ -537,7 +647,7 @@ class PostgresStore(StoreBase):
             "ON CONFLICT (key) DO UPDATE SET deliveries = t.deliveries + excluded.deliveries,"
             " updated_at = CASE WHEN excluded.deliveries > 0 THEN excluded.updated_at"
             " ELSE t.updated_at END "
-            "RETURNING {t_columns}, (t.xmax = 0) AS inserted"
+            "RETURNING {t_fields}, (t.xmax = 0) AS inserted"
         )
         rows = await self._fetch(
             query,
@@ -587,7 +697,7 @@ class PostgresStore(StoreBase):
         token = new_token()
         query = self._q(
             "UPDATE {table} AS t SET " + _TAKE + " WHERE t.key = %(key)s AND "  # noqa: S608 - constants; names go through sql.Identifier
-            f"{_CLAIMABLE} RETURNING {{t_columns}}",
+            f"{_CLAIMABLE} RETURNING {{t_fields}}",
             token=sql.Placeholder("token"),
         )
         rows = await self._fetch(
@@ -648,7 +758,7 @@ class PostgresStore(StoreBase):
             "WITH due AS (SELECT key, due_at FROM {table} WHERE due_at IS NOT NULL"  # noqa: S608 - constants; names go through sql.Identifier
             " AND due_at <= %(now)s ORDER BY due_at, key LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
             "UPDATE {table} AS t SET " + _TAKE + " FROM due WHERE t.key = due.key"
-            f" AND {_CLAIMABLE_WHEN_DUE} RETURNING {{t_columns}}, t.lease_token,"
+            f" AND {_CLAIMABLE_WHEN_DUE} RETURNING {{t_fields}}, t.lease_token,"
             " due.due_at AS was_due",
             token=sql.SQL("gen_random_uuid()::text"),
         )
@@ -661,15 +771,42 @@ class PostgresStore(StoreBase):
         return None if row is None else _to_record(row)
 
     async def list_callbacks(
-        self, *, limit: int | None = None, state: State | None = None
+        self,
+        *,
+        limit: int | None = None,
+        state: State | None = None,
+        event: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[StoredCallback]:
         check_limit(limit)
         check_state(state)
+        check_window(since, until)
+        # Only the filters given are written, so that a time window reads a range of the
+        # received-order index. The stored event is escaped (``_text``): so is the one asked for.
+        filters = [
+            sql.SQL(condition)
+            for condition, value in (
+                ("state = %(state)s", state),
+                ("event = %(event)s", event),
+                ("received_at >= %(since)s", since),
+                ("received_at < %(until)s", until),
+            )
+            if value is not None
+        ]
+        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(filters) if filters else sql.SQL("")
         query = self._q(
-            "SELECT {columns} FROM {table} WHERE (%(state)s::text IS NULL OR state = %(state)s)"
-            " ORDER BY received_at, key LIMIT %(limit)s"
+            "SELECT {fields} FROM {table}{where} ORDER BY received_at, key LIMIT %(limit)s",
+            where=where,
         )
-        rows = await self._fetch(query, {"state": state, "limit": limit}, read_only=True)
+        params = {
+            "state": state,
+            "event": to_postgres(event),
+            "since": since,
+            "until": until,
+            "limit": limit,
+        }
+        rows = await self._fetch(query, params, read_only=True)
         return [_to_record(row) for row in rows]
 
     async def stats(self) -> StoreStats:
@@ -706,17 +843,133 @@ class PostgresStore(StoreBase):
         )
         await self._rowcount(query, (count,))
 
-    async def reset_for_retry(self, key: str, *, now: datetime) -> bool:
+    async def reset_for_retry(self, key: str, *, now: datetime, force: bool = False) -> bool:
+        # The rule of resettable(): never a tombstone or a live lease, a processed callback
+        # only when forced (and then its attempts are kept: the re-run is one more).
         query = self._q(
-            "UPDATE {table} SET state = 'received', attempts = 0, next_attempt_at = NULL,"
-            " lease_expires_at = NULL, lease_token = NULL, due_at = %(now)s,"
-            " updated_at = %(now)s WHERE key = %(key)s AND state <> 'processed' AND"
-            " (state <> 'processing' OR lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
+            "UPDATE {table} SET state = 'received',"
+            " attempts = CASE WHEN state = 'processed' THEN attempts ELSE 0 END,"
+            " next_attempt_at = NULL, lease_expires_at = NULL, lease_token = NULL,"
+            " processed_at = NULL, due_at = %(now)s, updated_at = %(now)s"
+            " WHERE key = %(key)s AND pruned_at IS NULL AND (state <> 'processed' OR %(force)s)"
+            " AND (state <> 'processing' OR lease_expires_at IS NULL"
+            " OR lease_expires_at <= %(now)s)"
         )
-        if await self._rowcount(query, {"key": to_postgres(key), "now": aware(now)}) == 1:
+        params = {"key": to_postgres(key), "now": aware(now), "force": bool(force)}
+        if await self._rowcount(query, params) == 1:
             return True
         await self._must_exist(key)
         return False
+
+    async def prune(
+        self,
+        *,
+        before: datetime,
+        now: datetime,
+        states: Collection[State] = PRUNABLE_STATES,
+        tombstones_before: datetime | None = None,
+    ) -> Pruned:
+        before, now = aware(before, name="before"), aware(now)
+        if tombstones_before is not None:
+            tombstones_before = aware(tombstones_before, name="tombstones_before")
+        chosen = list(check_prunable(states))
+        # One statement, so one snapshot: the DELETE sees only the tombstones made before this
+        # call, never the ones its UPDATE makes (the two take disjoint rows). Each reads its
+        # own partial index (the literal state list lets the planner match _prunable's).
+        query = self._q(
+            "WITH removed AS (DELETE FROM {table} WHERE pruned_at IS NOT NULL"
+            " AND updated_at < %(tombstones_before)s RETURNING 1),"
+            " pruned AS (UPDATE {table} SET body = ''::bytea, headers = '{{}}',"
+            " pruned_at = %(now)s WHERE pruned_at IS NULL AND state IN ('processed', 'dead')"
+            " AND state = ANY(%(states)s) AND updated_at < %(before)s RETURNING 1) "
+            "SELECT (SELECT count(*) FROM pruned) AS pruned,"
+            " (SELECT count(*) FROM removed) AS removed"
+        )
+        [row] = await self._fetch(
+            query,
+            {
+                "tombstones_before": tombstones_before,
+                "now": now,
+                "states": chosen,
+                "before": before,
+            },
+        )
+        return Pruned(pruned=int(row["pruned"]), removed=int(row["removed"]))
+
+    # --- kept rejected requests --------------------------------------------------------
+
+    async def keep_rejected(self, requests: Sequence[RejectedRequest], *, keep: int) -> None:
+        check_limit(keep, name="keep")
+        # Only the newest ``keep`` can survive the trim: the others are never written (their
+        # ids would never be seen). Ids come from the identity, so they are never reused.
+        kept = list(requests)[-keep:]
+        rows = [
+            (
+                aware(request.received_at, name="received_at"),
+                to_postgres(request.reason),
+                to_postgres(request.path),
+                json.dumps(dict(request.headers)),  # ASCII: NUL and any latin-1 text escaped
+                bytes(request.body),
+                request.body_bytes,
+                None if request.replayed_at is None else aware(request.replayed_at),
+                to_postgres(request.replayed_key),
+            )
+            for request in kept
+        ]
+        insert = self._q(
+            "INSERT INTO {rejected} (received_at, reason, path, headers, body, body_bytes,"
+            " replayed_at, replayed_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        )
+        trim = self._q(
+            "DELETE FROM {rejected} WHERE id <= (SELECT id FROM {rejected}"
+            " ORDER BY id DESC OFFSET %s LIMIT 1)"
+        )
+
+        async def write(connection: Connection) -> None:
+            # The lock makes concurrent calls (of several replicas) take turns, so that each
+            # trim sees every row kept before it: never more than ``keep`` stay.
+            async with connection.transaction():
+                await connection.execute(self._q("LOCK TABLE {rejected} IN EXCLUSIVE MODE"))
+                if rows:
+                    async with connection.cursor() as cursor:
+                        await cursor.executemany(insert, rows)
+                await connection.execute(trim, (keep,))
+
+        await self._run(write, read_only=False)
+
+    async def list_rejected(self, *, limit: int | None = None) -> list[RejectedRequest]:
+        check_limit(limit)
+        rows = await self._fetch(
+            self._q(
+                "SELECT {rejected_fields} FROM {rejected} ORDER BY id DESC LIMIT %s",
+                rejected_fields=sql.SQL(_REJECTED_FIELDS),
+            ),
+            (limit,),
+            read_only=True,
+        )
+        return [_to_rejected(row) for row in rows]
+
+    async def get_rejected(self, request_id: str) -> RejectedRequest | None:
+        number = _rejected_id(request_id)
+        if number is None:
+            return None
+        rows = await self._fetch(
+            self._q(
+                "SELECT {rejected_fields} FROM {rejected} WHERE id = %s",
+                rejected_fields=sql.SQL(_REJECTED_FIELDS),
+            ),
+            (number,),
+            read_only=True,
+        )
+        return _to_rejected(rows[0]) if rows else None
+
+    async def mark_replayed(self, request_id: str, *, key: str, now: datetime) -> bool:
+        now = aware(now)
+        number = _rejected_id(request_id)
+        if number is None:
+            return False
+        query = self._q("UPDATE {rejected} SET replayed_at = %s, replayed_key = %s WHERE id = %s")
+        return await self._rowcount(query, (now, to_postgres(key), number)) == 1
 
     async def close(self) -> None:
         if self._closed:

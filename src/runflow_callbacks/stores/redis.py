@@ -3,10 +3,24 @@
 Every read-modify-write is one Lua script, so it is atomic on the server: two replicas
 claiming the same key cannot both win. Layout under the namespace ``ns``:
 
-- ``ns:cb:<key>``: a hash per callback (the body as raw bytes, times as integer microseconds);
-- ``ns:order``: a sorted set of keys by received time (listing);
+- ``ns:cb:<key>``: a hash per callback (the body as raw bytes, times as integer microseconds;
+  a tombstone has an empty body, headers ``{}`` and a ``pruned_at`` field);
+- ``ns:order``: a sorted set of keys by received time (listing, by score range when filtered);
 - ``ns:due``: a sorted set of keys by due time (``claim_due``; processed and dead leave it);
-- ``ns:stats``: a hash of counters kept by the scripts.
+- ``ns:stats``: a hash of counters kept by the scripts;
+- ``ns:rejected:<id>``: a hash per kept rejected request (the body as raw bytes), ``ns:rejected``
+  a sorted set of the kept ids (scored by id) and ``ns:rejected_id`` the counter ids come from,
+  so an id is never given twice even once the oldest requests are dropped.
+
+Nothing needs migrating from a keyspace written by an earlier version: a hash without
+``pruned_at`` is a callback that was never pruned, and the rejected-request keys appear with
+the first one kept. ``prune`` works in pages (:data:`PRUNE_PAGE` keys of ``ns:order`` per
+script, walked with ``ZSCAN``, which returns every key present throughout the walk whatever
+else is written meanwhile), so no script holds the server for long; each page's script checks
+each key's state, ``updated_at`` and ``pruned_at`` again before it changes anything. Expired
+tombstones are removed in a first walk and callbacks pruned in a second, so a callback pruned
+by a call is never removed by the same call. (A script that writes after ``ZSCAN`` needs Redis 5
+or later, which replicates a script's effects rather than the script.)
 
 A single Redis node (or a primary with replicas) is expected; the scripts touch several keys of
 one namespace, which Redis Cluster would need in one hash slot. Durability is Redis's own:
@@ -35,6 +49,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import json
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -42,9 +57,12 @@ from typing import TYPE_CHECKING, Any, Final
 from runflow_callbacks.errors import ConfigurationError, StoreError
 from runflow_callbacks.stores import (
     DEFAULT_NAMESPACE,
+    PRUNABLE_STATES,
     Admission,
     Claim,
+    Pruned,
     Recorded,
+    RejectedRequest,
     StoreBase,
     StoredCallback,
     StoreStats,
@@ -53,13 +71,15 @@ from runflow_callbacks.stores import (
     check_lease,
     check_limit,
     check_namespace,
+    check_prunable,
     check_state,
+    check_window,
     mask_url,
     scrub,
 )
 from runflow_callbacks.stores._batch import Batcher, Pending
 from runflow_callbacks.stores._net import readable_now
-from runflow_callbacks.stores._state import from_us, new_token, record_from_row, to_us
+from runflow_callbacks.stores._state import from_us, listed, new_token, record_from_row, to_us
 from runflow_callbacks.stores._text import from_redis
 
 try:
@@ -83,7 +103,7 @@ except ImportError as exc:  # pragma: no cover - only without the extra
     ) from exc
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Collection, Sequence
     from datetime import datetime
 
     from redis.asyncio.connection import AbstractConnection
@@ -302,24 +322,101 @@ return out
 """
 )
 
-# KEYS: hash, due, stats. ARGV: key, now.
+# KEYS: hash, due, stats. ARGV: key, now, force ('1' or '').
+# A processed callback is reset only when forced, keeping its attempts; a tombstone never.
 _RESET: Final = (
     _PRELUDE
     + """
-local state = redis.call('HGET', KEYS[1], 'state')
+local state, pruned, expires = unpack(redis.call('HMGET', KEYS[1], 'state', 'pruned_at',
+                                                 'lease_expires_at'))
 if not state then return -1 end
-if state == 'processed' then return 0 end
-if state == 'processing' then
-  local expires = redis.call('HGET', KEYS[1], 'lease_expires_at')
-  if expires and tonumber(expires) > tonumber(ARGV[2]) then return 0 end
-end
-redis.call('HDEL', KEYS[1], 'lease_token', 'lease_expires_at', 'next_attempt_at')
-redis.call('HSET', KEYS[1], 'state', 'received', 'attempts', 0, 'updated_at', ARGV[2])
+if pruned then return 0 end
+if state == 'processed' and ARGV[3] ~= '1' then return 0 end
+if state == 'processing' and expires and tonumber(expires) > tonumber(ARGV[2]) then return 0 end
+redis.call('HDEL', KEYS[1], 'lease_token', 'lease_expires_at', 'next_attempt_at', 'processed_at')
+redis.call('HSET', KEYS[1], 'state', 'received', 'updated_at', ARGV[2])
+if state ~= 'processed' then redis.call('HSET', KEYS[1], 'attempts', 0) end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 move(KEYS[3], state, 'received')
 return 1
 """
 )
+
+# KEYS: order. ARGV: hash prefix, cursor, count, before, now, states...
+# One page of prune's second walk: the callbacks of ``states`` not yet pruned and last updated
+# before ``before`` lose body and headers. Answers {next cursor, how many were pruned}.
+_PRUNE: Final = """
+local page = redis.call('ZSCAN', KEYS[1], ARGV[2], 'COUNT', tonumber(ARGV[3]))
+local before, states, pruned = tonumber(ARGV[4]), {}, 0
+for i = 6, #ARGV do states[ARGV[i]] = true end
+local found = page[2]
+for i = 1, #found, 2 do
+  local h = ARGV[1] .. found[i]
+  local state, updated, gone = unpack(redis.call('HMGET', h, 'state', 'updated_at', 'pruned_at'))
+  if state and not gone and states[state] and tonumber(updated) < before then
+    redis.call('HSET', h, 'body', '', 'headers', '{}', 'pruned_at', ARGV[5])
+    pruned = pruned + 1
+  end
+end
+return {page[1], pruned}
+"""
+
+# KEYS: order, due, stats. ARGV: hash prefix, cursor, count, tombstones_before.
+# One page of prune's first walk: tombstones last updated before the horizon go, with their
+# place in every index and in the counters. Answers {next cursor, how many were removed}.
+_REMOVE_TOMBSTONES: Final = """
+local page = redis.call('ZSCAN', KEYS[1], ARGV[2], 'COUNT', tonumber(ARGV[3]))
+local horizon, removed = tonumber(ARGV[4]), 0
+local found = page[2]
+for i = 1, #found, 2 do
+  local key = found[i]
+  local h = ARGV[1] .. key
+  local state, updated, gone, deliveries, source = unpack(redis.call(
+    'HMGET', h, 'state', 'updated_at', 'pruned_at', 'deliveries', 'source'))
+  if state and gone and tonumber(updated) < horizon then
+    redis.call('DEL', h)
+    redis.call('ZREM', KEYS[1], key)
+    redis.call('ZREM', KEYS[2], key)
+    redis.call('HINCRBY', KEYS[3], 'received', -1)
+    redis.call('HINCRBY', KEYS[3], 'state:' .. state, -1)
+    local duplicates = (tonumber(deliveries) or 0) - 1
+    if duplicates > 0 then redis.call('HINCRBY', KEYS[3], 'duplicates', -duplicates) end
+    if source == 'reconcile' then redis.call('HINCRBY', KEYS[3], 'reconciled', -1) end
+    removed = removed + 1
+  end
+end
+return {page[1], removed}
+"""
+
+# KEYS: id counter, index of kept ids. ARGV: hash prefix, keep, then per request (oldest
+# first) received_at, reason, path, headers, body, body_bytes. Every request takes the next
+# id; only the newest ``keep`` of all those kept stay. Answers the last id given.
+_KEEP_REJECTED: Final = """
+local keep, n = tonumber(ARGV[2]), (#ARGV - 2) / 6
+local last = redis.call('INCRBY', KEYS[1], n)
+for i = math.max(1, n - keep + 1), n do  -- older ones would be dropped at once
+  local id, at = string.format('%d', last - n + i), 2 + (i - 1) * 6
+  redis.call('HSET', ARGV[1] .. id, 'received_at', ARGV[at + 1], 'reason', ARGV[at + 2],
+             'path', ARGV[at + 3], 'headers', ARGV[at + 4], 'body', ARGV[at + 5],
+             'body_bytes', ARGV[at + 6])
+  redis.call('ZADD', KEYS[2], id, id)
+end
+local extra = redis.call('ZCARD', KEYS[2]) - keep
+if extra > 0 then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, extra - 1)) do
+    redis.call('DEL', ARGV[1] .. id)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
+end
+return last
+"""
+
+# KEYS: the request's hash. ARGV: replayed_at, key. A request no longer kept stays gone.
+_MARK_REPLAYED: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'replayed_at', ARGV[1], 'replayed_key', ARGV[2])
+return 1
+"""
 
 #: At most this many script calls share one MULTI/EXEC: a burst is split rather than made to
 #: wait behind one long batch (Redis runs a batch's scripts back to back, serving no one else).
@@ -328,6 +425,9 @@ MAX_BATCH: Final = 64
 #: round trips; Redis runs commands one at a time, so more would only split the queue into
 #: smaller batches.
 MAX_IN_FLIGHT: Final = 4
+#: Keys of ``ns:order`` one ``prune`` script looks at (a hint to ``ZSCAN``): short scripts,
+#: so that callbacks recorded meanwhile wait little.
+PRUNE_PAGE: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,8 +450,10 @@ _TEXT_FIELDS: Final = ("kind", "subject_id", "event", "secret_id", "secret_label
 _COLUMNS: Final = (
     *("key", "kind", "subject_id", "event", "body", "headers", "secret_id", "secret_label"),
     *("request_id", "received_at", "source", "state", "attempts", "deliveries", "last_error"),
-    *("next_attempt_at", "lease_expires_at", "processed_at", "updated_at"),
+    *("next_attempt_at", "lease_expires_at", "processed_at", "updated_at", "pruned_at"),
 )
+#: A kept rejected request's id as the store gives it: a positive integer, in its own form.
+_REJECTED_ID: Final = re.compile(r"[1-9][0-9]{0,17}")
 
 
 def _moment(value: str | None) -> datetime | None:
@@ -380,6 +482,22 @@ def _from_hash(key: str, raw: dict[bytes, bytes]) -> StoredCallback:
     """A record from redis-py's ``HGETALL`` answer."""
     fields = {from_redis(name): from_redis(value) for name, value in raw.items() if name != b"body"}
     return _to_record(key, fields, raw[b"body"])
+
+
+def _rejected_from_hash(request_id: str, raw: dict[bytes, bytes]) -> RejectedRequest:
+    """A kept rejected request from redis-py's ``HGETALL`` answer (the body as it was)."""
+    replayed_at, replayed_key = raw.get(b"replayed_at"), raw.get(b"replayed_key")
+    return RejectedRequest(
+        received_at=from_us(raw[b"received_at"]),
+        reason=from_redis(raw[b"reason"]),
+        path=from_redis(raw[b"path"]),
+        headers=json.loads(raw[b"headers"]),
+        body=raw[b"body"],
+        body_bytes=int(raw[b"body_bytes"]),
+        id=request_id,
+        replayed_at=None if replayed_at is None else from_us(replayed_at),
+        replayed_key=None if replayed_key is None else from_redis(replayed_key),
+    )
 
 
 async def _reply(connection: AbstractConnection) -> Any:
@@ -525,6 +643,8 @@ class RedisStore(StoreBase):
         prefix = f"{self.namespace}:"
         self._hash_prefix = f"{prefix}cb:"
         self._order, self._due, self._stats = f"{prefix}order", f"{prefix}due", f"{prefix}stats"
+        self._rejected, self._rejected_id = f"{prefix}rejected", f"{prefix}rejected_id"
+        self._rejected_prefix = f"{prefix}rejected:"
         self._scripts = {
             name: self._client.register_script(source)
             for name, source in (
@@ -536,6 +656,10 @@ class RedisStore(StoreBase):
                 ("renew", _RENEW),
                 ("claim_due", _CLAIM_DUE),
                 ("reset", _RESET),
+                ("prune", _PRUNE),
+                ("remove_tombstones", _REMOVE_TOMBSTONES),
+                ("keep_rejected", _KEEP_REJECTED),
+                ("mark_replayed", _MARK_REPLAYED),
             )
         }
         self._batcher: Batcher[_Eval] = Batcher(
@@ -782,15 +906,29 @@ class RedisStore(StoreBase):
         return _from_hash(key, flat) if flat else None
 
     async def list_callbacks(
-        self, *, limit: int | None = None, state: State | None = None
+        self,
+        *,
+        limit: int | None = None,
+        state: State | None = None,
+        event: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[StoredCallback]:
         check_limit(limit)
         check_state(state)
+        check_window(since, until)
+        start, end = 0, None  # the ranks of the window in the received-order index
+        if since is not None or until is not None:
+            start, end = await self._call(
+                functools.partial(self._window, since, until), read_only=True
+            )
         found: list[StoredCallback] = []
-        start, page = 0, 500
-        while limit is None or len(found) < limit:
+        page = 500
+        while (limit is None or len(found) < limit) and (end is None or start < end):
+            # By rank, as ever (a score range with an offset would walk the offset each page).
+            last = start + page - 1 if end is None else min(start + page, end) - 1
             keys: list[bytes] = await self._call(
-                functools.partial(self._client.zrange, self._order, start, start + page - 1),
+                functools.partial(self._client.zrange, self._order, start, last),
                 read_only=True,
             )
             if not keys:
@@ -806,9 +944,20 @@ class RedisStore(StoreBase):
             for key, flat in zip(keys, await self._call(fetch, read_only=True), strict=True):
                 if flat:
                     record = _from_hash(from_redis(key), flat)
-                    if state is None or record.state == state:
+                    if listed(record, state=state, event=event, since=since, until=until):
                         found.append(record)
         return found if limit is None else found[:limit]
+
+    async def _window(
+        self, since: datetime | None, until: datetime | None
+    ) -> tuple[int, int | None]:
+        """The ranks in ``ns:order`` of the first callback received at ``since`` or later and
+        of the first received at ``until`` or later (None: no end): one round trip."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zcount(self._order, "-inf", "-inf" if since is None else f"({to_us(since)}")
+            pipe.zcount(self._order, "-inf", "+inf" if until is None else f"({to_us(until)}")
+            before_since, before_until = await pipe.execute()
+        return int(before_since), None if until is None else int(before_until)
 
     async def stats(self) -> StoreStats:
         raw = await self._call(lambda: self._client.hgetall(self._stats), read_only=True)
@@ -834,12 +983,106 @@ class RedisStore(StoreBase):
         # HINCRBY by 0 is a write: a replica or an out-of-memory server refuses it.
         await self._call(lambda: self._client.hincrby(self._stats, "rejected", 0))
 
-    async def reset_for_retry(self, key: str, *, now: datetime) -> bool:
+    async def reset_for_retry(self, key: str, *, now: datetime, force: bool = False) -> bool:
         answer = await self._script(
-            "reset", [self._hash(key), self._due, self._stats], [key, to_us(aware(now))]
+            "reset",
+            [self._hash(key), self._due, self._stats],
+            [key, to_us(aware(now)), "1" if force else ""],
         )
         if answer == -1:
             raise UnknownCallbackError(key)
+        return bool(answer == 1)
+
+    async def prune(
+        self,
+        *,
+        before: datetime,
+        now: datetime,
+        states: Collection[State] = PRUNABLE_STATES,
+        tombstones_before: datetime | None = None,
+    ) -> Pruned:
+        before, now = aware(before, name="before"), aware(now)
+        if tombstones_before is not None:
+            tombstones_before = aware(tombstones_before, name="tombstones_before")
+        chosen = check_prunable(states)
+        removed = 0
+        # Old tombstones first, then the new ones: a callback pruned now is not removed now.
+        if tombstones_before is not None:
+            removed = await self._walk(
+                "remove_tombstones",
+                [self._order, self._due, self._stats],
+                [to_us(tombstones_before)],
+            )
+        pruned = await self._walk("prune", [self._order], [to_us(before), to_us(now), *chosen])
+        return Pruned(pruned=pruned, removed=removed)
+
+    async def _walk(self, name: str, keys: list[str], args: list[Any]) -> int:
+        """Run the paged script ``name`` over ``ns:order`` (``ZSCAN``, one page per call)
+        until the walk ends; the sum of what the pages counted."""
+        cursor: bytes | int = 0
+        total = 0
+        while True:
+            cursor, count = await self._script(
+                name, keys, [self._hash_prefix, cursor, PRUNE_PAGE, *args]
+            )
+            total += int(count)
+            if cursor in {b"0", 0}:
+                return total
+
+    async def keep_rejected(self, requests: Sequence[RejectedRequest], *, keep: int) -> None:
+        check_limit(keep, name="keep")
+        args: list[Any] = [self._rejected_prefix, keep]
+        for request in requests:
+            args += [
+                to_us(aware(request.received_at, name="received_at")),
+                request.reason,
+                request.path,
+                json.dumps(dict(request.headers)),
+                bytes(request.body),
+                request.body_bytes,
+            ]
+        await self._script("keep_rejected", [self._rejected_id, self._rejected], args)
+
+    async def list_rejected(self, *, limit: int | None = None) -> list[RejectedRequest]:
+        check_limit(limit)
+        ids: list[bytes] = await self._call(
+            functools.partial(
+                self._client.zrevrange, self._rejected, 0, -1 if limit is None else limit - 1
+            ),
+            read_only=True,
+        )
+        if not ids:
+            return []
+
+        async def fetch() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for request_id in ids:
+                    pipe.execute_command("HGETALL", self._rejected_prefix.encode() + request_id)
+                return list(await pipe.execute())
+
+        flats = await self._call(fetch, read_only=True)
+        return [  # one dropped since the index was read is left out
+            _rejected_from_hash(request_id.decode(), flat)
+            for request_id, flat in zip(ids, flats, strict=True)
+            if flat
+        ]
+
+    async def get_rejected(self, request_id: str) -> RejectedRequest | None:
+        if not _REJECTED_ID.fullmatch(request_id):
+            return None  # no id the store gives
+        flat = await self._call(
+            lambda: self._client.execute_command("HGETALL", self._rejected_prefix + request_id),
+            read_only=True,
+        )
+        return _rejected_from_hash(request_id, flat) if flat else None
+
+    async def mark_replayed(self, request_id: str, *, key: str, now: datetime) -> bool:
+        now = aware(now)
+        if not _REJECTED_ID.fullmatch(request_id):
+            return False
+        answer = await self._script(
+            "mark_replayed", [self._rejected_prefix + request_id], [to_us(now), key]
+        )
         return bool(answer == 1)
 
     async def close(self) -> None:

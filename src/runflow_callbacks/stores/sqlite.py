@@ -6,9 +6,21 @@ one private writer thread per store (``_writer.GroupWriter``), which commits the
 by the callbacks in flight together, in one ``BEGIN IMMEDIATE … COMMIT`` and so one fsync per
 group, and answers each of them only once that COMMIT returned. ``BEGIN IMMEDIATE`` takes the
 write lock first, so two processes claiming the same key serialize on SQLite's write lock and
-exactly one wins. Reads (``get``, ``list_callbacks``, ``stats``) run on a second private
-thread with a connection of their own, so that they never wait behind a group's fsync; each
-reads what was committed when it started, which includes every write already answered.
+exactly one wins. Reads (``get``, ``list_callbacks``, ``stats``, ``list_rejected``,
+``get_rejected``) run on a second private thread with a connection of their own, so that they
+never wait behind a group's fsync; each reads what was committed when it started, which
+includes every write already answered. The rare writes (``prune``, ``keep_rejected``,
+``mark_replayed``, ``reset_for_retry``) go through the writer like the rest.
+
+Retention keeps a tombstone's ``pruned_at`` in the callbacks table; ``prune`` is one DELETE of
+old tombstones and then one UPDATE, each walking a partial index over ``updated_at`` that holds
+only the rows it looks for (finished and not pruned; pruned), so neither reads the whole table
+and no write of a callback in flight touches either index. Kept rejected requests have a table
+of their own, ``<namespace>_rejected``, whose ``AUTOINCREMENT`` ids are never given twice.
+A file an earlier version made is upgraded when a store first opens it for writing: the
+missing tables and indexes are created, and ``pruned_at`` is added (``ALTER TABLE … ADD
+COLUMN``, under the write lock and after looking again, so that processes opening the file
+together add it once). Opened ``read_only``, such a file is read as it is, unchanged.
 
 A busy database (another connection holds the lock SQLite needs) is waited on for up to
 ``busy_timeout`` before :class:`~runflow_callbacks.errors.StoreError` is raised; any other
@@ -31,9 +43,12 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from runflow_callbacks.errors import StoreError
 from runflow_callbacks.stores import (
     DEFAULT_NAMESPACE,
+    PRUNABLE_STATES,
     Admission,
     Claim,
+    Pruned,
     Recorded,
+    RejectedRequest,
     StoreBase,
     StoredCallback,
     StoreStats,
@@ -42,7 +57,9 @@ from runflow_callbacks.stores import (
     check_lease,
     check_limit,
     check_namespace,
+    check_prunable,
     check_state,
+    check_window,
 )
 from runflow_callbacks.stores._state import (
     as_claimed,
@@ -58,7 +75,7 @@ from runflow_callbacks.stores._text import from_sqlite, to_sqlite
 from runflow_callbacks.stores._writer import GroupWriter
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Collection, Sequence
 
     from runflow_callbacks.stores import IncomingCallback, State
 
@@ -94,6 +111,17 @@ _COLUMNS: Final = (
     "received_at, source, state, attempts, deliveries, last_error, next_attempt_at, "
     "lease_expires_at, processed_at, updated_at, lease_token, due_at"
 )
+# What a read selects: the columns written plus ``pruned_at``, which no INSERT names (a new
+# row is never a tombstone: it starts NULL).
+_SELECTED: Final = _COLUMNS + ", pruned_at"
+# A store an earlier version made has no ``pruned_at`` until first opened for writing; read
+# only, it cannot be upgraded, and its rows are all read as not pruned.
+_SELECTED_BEFORE_PRUNE: Final = _COLUMNS + ", NULL AS pruned_at"
+_REJECTED_COLUMNS: Final = (
+    "id, received_at, reason, path, headers, body, body_bytes, replayed_at, replayed_key"
+)
+# The largest id SQLite's INTEGER PRIMARY KEY holds: a longer string is no id of ours.
+_MAX_ID: Final = 2**63 - 1
 _INSERT: Final = (
     "INSERT INTO {table} (" + _COLUMNS + ") VALUES (:key, :kind, :subject_id, :event, :body,"  # noqa: S608 - {table} is a checked namespace
     " :headers, :secret_id, :secret_label, :request_id, :received_at, :source, :state,"
@@ -149,6 +177,37 @@ def _to_record(row: sqlite3.Row) -> StoredCallback:
     return record_from_row(row, _dt, from_sqlite)
 
 
+def _text(value: str | bytes) -> str:
+    """A NOT NULL text column as :func:`from_sqlite` reads it back."""
+    text = from_sqlite(value)
+    assert text is not None
+    return text
+
+
+def _to_rejected(row: sqlite3.Row) -> RejectedRequest:
+    received_at = _dt(row["received_at"])
+    assert received_at is not None
+    return RejectedRequest(
+        id=str(row["id"]),
+        received_at=received_at,
+        reason=_text(row["reason"]),
+        path=_text(row["path"]),
+        headers=json.loads(row["headers"]),
+        body=bytes(row["body"]),
+        body_bytes=row["body_bytes"],
+        replayed_at=_dt(row["replayed_at"]),
+        replayed_key=from_sqlite(row["replayed_key"]),
+    )
+
+
+def _rejected_id(request_id: object) -> int | None:
+    """The row id a kept request's id names: its decimal form exactly, else None (unknown)."""
+    if not isinstance(request_id, str) or not request_id.isascii() or not request_id.isdigit():
+        return None
+    number = int(request_id)
+    return number if str(number) == request_id and 0 < number <= _MAX_ID else None
+
+
 def _result_code(error: sqlite3.Error) -> int | None:
     """The primary SQLite result code of ``error`` (None when it cannot be told)."""
     code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+
@@ -165,14 +224,15 @@ def _busy(error: sqlite3.Error) -> bool:
 class SQLiteStore(StoreBase):
     """A :class:`~runflow_callbacks.stores.CallbackStore` in one SQLite file.
 
-    ``namespace`` is the table name (a second table ``<namespace>_counters`` holds the rejected
-    count). The file (with ``create``, the default) and its WAL companions are created on first
-    use; its directory never is: a missing one is a :class:`StoreError`. With ``create=False`` a
-    missing file is a :class:`StoreError` too ("the SQLite store ... does not exist"), for
-    commands that only look at a store and must not leave an empty one behind. ``read_only``
-    opens the file for reading only (it must exist): reads work as usual, every write raises
-    :class:`StoreError` at once, and nothing is created. Several ``SQLiteStore`` objects, in
-    one process or many, may open the same file.
+    ``namespace`` is the table name (``<namespace>_counters`` holds the rejected count and
+    ``<namespace>_rejected`` the kept rejected requests). The file (with ``create``, the
+    default) and its WAL companions are created on first use; its directory never is: a
+    missing one is a :class:`StoreError`. With ``create=False`` a missing file is a
+    :class:`StoreError` too ("the SQLite store ... does not exist"), for commands that only
+    look at a store and must not leave an empty one behind. ``read_only`` opens the file for
+    reading only (it must exist): reads work as usual, every write raises :class:`StoreError`
+    at once, and nothing is created (nor upgraded). Several ``SQLiteStore`` objects, in one
+    process or many, may open the same file.
     """
 
     def __init__(
@@ -203,6 +263,10 @@ class SQLiteStore(StoreBase):
         )
         self._complete_sql = _COMPLETE.format(table=self.namespace)
         self._release_sql = _RELEASE.format(table=self.namespace)
+        # What reads select, and whether the table of rejected requests exists: both change
+        # only for a read-only store on a file an earlier version made (see _prepare).
+        self._selected = _SELECTED
+        self._keeps_rejected = True
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}, namespace={self.namespace!r})"
@@ -269,7 +333,14 @@ class SQLiteStore(StoreBase):
         table = self.namespace
         connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout.total_seconds() * 1000)}")
         if self.read_only:
-            return  # nothing to set up that reading needs, and nothing may be written
+            # Nothing to set up that reading needs, and nothing may be written: a table an
+            # earlier version made is read as it is (no tombstones in it, then).
+            columns = self._columns(connection, table)
+            if columns and "pruned_at" not in columns:
+                self._selected = _SELECTED_BEFORE_PRUNE
+            if columns and not self._columns(connection, f"{table}_rejected"):
+                self._keeps_rejected = False
+            return
         # Switching a new file to WAL takes a lock SQLite's busy handler does not wait for, so
         # processes opening the same new file together retry here (bounded by busy_timeout).
         # Only that lock is waited for: any other error (a read-only file, a file that is no
@@ -307,7 +378,8 @@ class SQLiteStore(StoreBase):
                 processed_at INTEGER,
                 updated_at INTEGER NOT NULL,
                 lease_token TEXT,
-                due_at INTEGER
+                due_at INTEGER,
+                pruned_at INTEGER
             );
             CREATE INDEX IF NOT EXISTS {table}_by_received ON {table} (received_at, key);
             CREATE INDEX IF NOT EXISTS {table}_by_state ON {table} (state, received_at);
@@ -317,8 +389,55 @@ class SQLiteStore(StoreBase):
                 name TEXT PRIMARY KEY,
                 value INTEGER NOT NULL
             );
+            CREATE TABLE IF NOT EXISTS {table}_rejected (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                received_at INTEGER NOT NULL,
+                reason TEXT NOT NULL,
+                path TEXT NOT NULL,
+                headers TEXT NOT NULL,
+                body BLOB NOT NULL,
+                body_bytes INTEGER NOT NULL,
+                replayed_at INTEGER,
+                replayed_key TEXT
+            );
             """
         )
+        if "pruned_at" not in self._columns(connection, table):
+            self._add_pruned_at(connection)
+        # What prune looks for, and only that: finished callbacks not yet pruned, and
+        # tombstones. Partial indexes, so that no write of a callback still in flight touches
+        # them; prune's WHERE clauses repeat their conditions word for word, which is how
+        # SQLite knows it may use them.
+        connection.executescript(
+            f"""
+            CREATE INDEX IF NOT EXISTS {table}_by_finished ON {table} (updated_at)
+                WHERE pruned_at IS NULL AND (state = 'processed' OR state = 'dead');
+            CREATE INDEX IF NOT EXISTS {table}_by_pruned ON {table} (updated_at)
+                WHERE pruned_at IS NOT NULL;
+            """
+        )
+
+    @staticmethod
+    def _columns(connection: sqlite3.Connection, table: str) -> set[str]:
+        """The columns of ``table`` (none when it does not exist)."""
+        return {column["name"] for column in connection.execute(f"PRAGMA table_info({table})")}
+
+    def _add_pruned_at(self, connection: sqlite3.Connection) -> None:
+        """Upgrade a table an earlier version made: add ``pruned_at`` (NULL: not pruned).
+
+        Under the write lock, looking again once it is held: several processes opening the
+        same old file together add the column once, and the others find it added. Adding a
+        nullable column rewrites no row, so this is quick however big the table.
+        """
+        connection.execute("BEGIN IMMEDIATE")  # waits for another writer up to busy_timeout
+        try:
+            if "pruned_at" not in self._columns(connection, self.namespace):
+                connection.execute(f"ALTER TABLE {self.namespace} ADD COLUMN pruned_at INTEGER")
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
 
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """Queue ``work`` for the writer's next group; it runs inside that group's transaction
@@ -346,7 +465,7 @@ class SQLiteStore(StoreBase):
 
     def _select(self, connection: sqlite3.Connection, stored: str | bytes) -> sqlite3.Row | None:
         row: sqlite3.Row | None = connection.execute(
-            f"SELECT {_COLUMNS} FROM {self.namespace} WHERE key = ?",  # noqa: S608 - checked name
+            f"SELECT {self._selected} FROM {self.namespace} WHERE key = ?",  # noqa: S608 - ours
             (stored,),
         ).fetchone()
         return row
@@ -409,7 +528,7 @@ class SQLiteStore(StoreBase):
                 return self._select(connection, stored)
             row: sqlite3.Row | None = connection.execute(
                 f"UPDATE {table} SET deliveries = deliveries + 1, updated_at = ?"  # noqa: S608
-                f" WHERE key = ? RETURNING {_COLUMNS}",
+                f" WHERE key = ? RETURNING {self._selected}",
                 (received_at, stored),
             ).fetchone()
             return row
@@ -586,7 +705,7 @@ class SQLiteStore(StoreBase):
 
         def work(connection: sqlite3.Connection) -> list[Claim]:
             rows = connection.execute(
-                f"SELECT {_COLUMNS} FROM {self.namespace} "  # noqa: S608 - checked name
+                f"SELECT {self._selected} FROM {self.namespace} "  # noqa: S608 - checked name
                 "WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at, key LIMIT ?",
                 (now_us, limit),
             ).fetchall()
@@ -604,18 +723,37 @@ class SQLiteStore(StoreBase):
         return await self._read(work)
 
     async def list_callbacks(
-        self, *, limit: int | None = None, state: State | None = None
+        self,
+        *,
+        limit: int | None = None,
+        state: State | None = None,
+        event: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[StoredCallback]:
         check_limit(limit)
         check_state(state)
+        check_window(since, until)
+        conditions: list[str] = []
+        params: list[Any] = []
+        for condition, value in (
+            ("state = ?", state),
+            ("event = ?", to_sqlite(event)),  # a BLOB only ever equals a BLOB: exact
+            ("received_at >= ?", _us(since)),
+            ("received_at < ?", _us(until)),
+        ):
+            if value is not None:
+                conditions.append(condition)
+                params.append(value)
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        params.append(-1 if limit is None else limit)
 
         def work(connection: sqlite3.Connection) -> list[StoredCallback]:
-            where = "" if state is None else "WHERE state = ? "
-            params: tuple[Any, ...] = () if state is None else (state,)
             rows = connection.execute(
-                f"SELECT {_COLUMNS} FROM {self.namespace} {where}"  # noqa: S608 - checked name
+                # self._selected is known once the connection is open (see _prepare).
+                f"SELECT {self._selected} FROM {self.namespace} {where}"  # noqa: S608 - ours
                 "ORDER BY received_at, key LIMIT ?",
-                (*params, -1 if limit is None else limit),
+                params,
             ).fetchall()
             return [_to_record(row) for row in rows]
 
@@ -662,7 +800,7 @@ class SQLiteStore(StoreBase):
 
         await self._write(work)
 
-    async def reset_for_retry(self, key: str, *, now: datetime) -> bool:
+    async def reset_for_retry(self, key: str, *, now: datetime, force: bool = False) -> bool:
         now = aware(now)
         stored = to_sqlite(key)
 
@@ -670,20 +808,143 @@ class SQLiteStore(StoreBase):
             row = self._select(connection, stored)
             if row is None:
                 raise UnknownCallbackError(key)
-            if not resettable(row["state"], _dt(row["lease_expires_at"]), now):
+            if not resettable(
+                row["state"],
+                _dt(row["lease_expires_at"]),
+                now,
+                force=force,
+                pruned=row["pruned_at"] is not None,
+            ):
                 return False
             self._update(
                 connection,
                 stored,
                 state="received",
-                attempts=0,
+                # A forced re-run of a processed callback is one more attempt (as_reset).
+                attempts=row["attempts"] if row["state"] == "processed" else 0,
                 next_attempt_at=None,
                 lease_expires_at=None,
+                processed_at=None,
                 lease_token=None,
                 updated_at=_us(now),
                 due_at=_us(now),
             )
             return True
+
+        return await self._write(work)
+
+    async def prune(
+        self,
+        *,
+        before: datetime,
+        now: datetime,
+        states: Collection[State] = PRUNABLE_STATES,
+        tombstones_before: datetime | None = None,
+    ) -> Pruned:
+        before_us, now_us = to_us(aware(before, name="before")), to_us(aware(now))
+        horizon = (
+            None
+            if tombstones_before is None
+            else to_us(aware(tombstones_before, name="tombstones_before"))
+        )
+        chosen = check_prunable(states)
+        table = self.namespace
+        # Each walks its partial index over updated_at, so that it reads only the rows it
+        # changes: its WHERE starts with the index's condition, as written there, and INDEXED
+        # BY says so (without statistics, SQLite would rather read every finished row through
+        # the index by state).
+        remove = (
+            f"DELETE FROM {table} INDEXED BY {table}_by_pruned"  # noqa: S608 - checked name
+            " WHERE pruned_at IS NOT NULL AND updated_at < ?"
+        )
+        prune = (
+            f"UPDATE {table} INDEXED BY {table}_by_finished"  # noqa: S608 - checked name
+            " SET body = x'', headers = '{}', pruned_at = ?"
+            " WHERE pruned_at IS NULL AND (state = 'processed' OR state = 'dead')"
+            f" AND updated_at < ? AND ({' OR '.join('state = ?' for _ in chosen)})"
+        )
+
+        def work(connection: sqlite3.Connection) -> Pruned:
+            # Old tombstones go first, so that none made by this call is removed by it.
+            removed = 0 if horizon is None else connection.execute(remove, (horizon,)).rowcount
+            pruned = connection.execute(prune, (now_us, before_us, *chosen)).rowcount
+            return Pruned(pruned=pruned, removed=removed)
+
+        return await self._write(work)
+
+    async def keep_rejected(self, requests: Sequence[RejectedRequest], *, keep: int) -> None:
+        check_limit(keep, name="keep")
+        rows = [
+            (
+                to_us(aware(request.received_at, name="received_at")),
+                to_sqlite(request.reason),
+                to_sqlite(request.path),
+                json.dumps(dict(request.headers)),  # ASCII: any header text comes back exact
+                sqlite3.Binary(request.body),
+                request.body_bytes,
+                _us(None if request.replayed_at is None else aware(request.replayed_at)),
+                to_sqlite(request.replayed_key),
+            )
+            for request in requests
+        ]
+        table = f"{self.namespace}_rejected"
+
+        def work(connection: sqlite3.Connection) -> None:
+            # AUTOINCREMENT: an id is never given twice, even once the newest row is dropped.
+            connection.executemany(
+                f"INSERT INTO {table} ({_REJECTED_COLUMNS.removeprefix('id, ')})"  # noqa: S608
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            connection.execute(
+                f"DELETE FROM {table} WHERE id < (SELECT min(id) FROM"  # noqa: S608 - checked
+                f" (SELECT id FROM {table} ORDER BY id DESC LIMIT ?))",
+                (keep,),
+            )
+
+        await self._write(work)
+
+    async def list_rejected(self, *, limit: int | None = None) -> list[RejectedRequest]:
+        check_limit(limit)
+        sql = (
+            f"SELECT {_REJECTED_COLUMNS} FROM {self.namespace}_rejected"  # noqa: S608 - checked
+            " ORDER BY id DESC LIMIT ?"
+        )
+
+        def work(connection: sqlite3.Connection) -> list[RejectedRequest]:
+            if not self._keeps_rejected:
+                return []
+            rows = connection.execute(sql, (-1 if limit is None else limit,)).fetchall()
+            return [_to_rejected(row) for row in rows]
+
+        return await self._read(work)
+
+    async def get_rejected(self, request_id: str) -> RejectedRequest | None:
+        number = _rejected_id(request_id)
+        sql = (
+            f"SELECT {_REJECTED_COLUMNS} FROM {self.namespace}_rejected"  # noqa: S608 - checked
+            " WHERE id = ?"
+        )
+
+        def work(connection: sqlite3.Connection) -> RejectedRequest | None:
+            if number is None or not self._keeps_rejected:
+                return None
+            row = connection.execute(sql, (number,)).fetchone()
+            return None if row is None else _to_rejected(row)
+
+        return await self._read(work)
+
+    async def mark_replayed(self, request_id: str, *, key: str, now: datetime) -> bool:
+        now_us = to_us(aware(now))
+        number = _rejected_id(request_id)
+        sql = (
+            f"UPDATE {self.namespace}_rejected SET replayed_at = ?, replayed_key = ?"  # noqa: S608
+            " WHERE id = ?"
+        )
+        params = (now_us, to_sqlite(key), number)
+
+        def work(connection: sqlite3.Connection) -> bool:
+            return number is not None and connection.execute(sql, params).rowcount == 1
 
         return await self._write(work)
 
