@@ -358,4 +358,3 @@ class TestRejected:
         assert [record.key for record in await store.list_callbacks()] == ["k"]
         assert len(await store.list_rejected()) == 1
         assert (await store.stats()).received == 1
-

@@ -4,12 +4,19 @@ Whatever ran the handler (the middleware, the receiver with or without a store, 
 worker, ``inbox retry``, ``reconcile``), it gets a ``CallbackContext``: the typed payload, the
 exact verified bytes, the Runflow headers as sent, the matched secret, the request id and,
 when a store is involved, the idempotency key, the attempt number and what started this run.
+
+``CallbackContext`` is generic in its payload: ``CallbackContext[BatchCallbackPayload]`` is
+what a handler of ``batch.*`` events receives (see
+:meth:`~runflow_callbacks.receiver.CallbackReceiver.on`), and a bare ``CallbackContext`` means
+any payload (:data:`~runflow_callbacks.models.AnyCallbackPayload`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from dataclasses import FrozenInstanceError, dataclass
+from typing import TYPE_CHECKING, Final, Generic, Literal, NoReturn
+
+from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -18,9 +25,16 @@ if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
     from starlette.types import Scope
 
-    from runflow_callbacks.models import CallbackPayload
+    from runflow_callbacks.models import AnyCallbackPayload, CallbackPayload
 
-__all__ = ["STATE_KEY", "CallbackContext", "RunSource", "existing_callback", "get_callback"]
+__all__ = [
+    "STATE_KEY",
+    "CallbackContext",
+    "PayloadT_co",
+    "RunSource",
+    "existing_callback",
+    "get_callback",
+]
 
 RunSource = Literal["http", "retry", "reconcile"]
 """What started a handler run: a delivery over HTTP (also when an inbox worker runs it later),
@@ -30,9 +44,16 @@ reconciliation from Runflow's delivery history."""
 #: Key of the :class:`CallbackContext` in ``scope["state"]`` (``request.state.runflow_callback``).
 STATE_KEY: Final = "runflow_callback"
 
+PayloadT_co = TypeVar(
+    "PayloadT_co", bound="CallbackPayload", covariant=True, default="AnyCallbackPayload"
+)
+"""The payload type of a :class:`CallbackContext`; a bare ``CallbackContext`` is
+``CallbackContext[AnyCallbackPayload]``. Covariant: a ``CallbackContext[BatchCallbackPayload]``
+is a ``CallbackContext``, so a handler of any payload serves batch events too."""
+
 
 @dataclass(frozen=True, slots=True)
-class CallbackContext:
+class CallbackContext(Generic[PayloadT_co]):
     """A verified callback, as every handler and front door sees it.
 
     ``payload`` is parsed from ``body``, the exact bytes that were verified. ``secret_id`` and
@@ -47,7 +68,7 @@ class CallbackContext:
     ``source`` says what started this run (see :data:`RunSource`).
     """
 
-    payload: CallbackPayload
+    payload: PayloadT_co
     body: bytes
     secret_id: str | None
     secret_label: str | None
@@ -77,6 +98,22 @@ class CallbackContext:
             f"signed={self.signed!r}, key={self.key!r}, attempt={self.attempt!r}, "
             f"source={self.source!r}, body_bytes={len(self.body)})"
         )
+
+
+def _refuse_assignment(self: object, name: str, value: object) -> NoReturn:
+    raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def _refuse_deletion(self: object, name: str) -> NoReturn:
+    raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+# Before Python 3.13, the __setattr__ of a frozen slots dataclass raises TypeError instead of
+# FrozenInstanceError for a name that is not a field, so ``CallbackContext[P](...)`` failed
+# where typing sets ``__orig_class__`` (it ignores only AttributeError). Refuse every change
+# the way 3.13 does. __init__ and dataclasses.replace() set the fields with object.__setattr__.
+CallbackContext.__setattr__ = _refuse_assignment  # type: ignore[method-assign] # see above
+CallbackContext.__delattr__ = _refuse_deletion  # type: ignore[method-assign] # see above
 
 
 def existing_callback(scope: Scope) -> CallbackContext | None:

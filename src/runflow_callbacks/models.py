@@ -9,11 +9,26 @@ Parse *verified* bytes only, straight from the bytes (no ``json.loads`` first)::
 
 Every model keeps unknown fields (``model_extra``), so a field Runflow adds tomorrow is neither
 lost nor an error; an unknown ``event`` parses into :class:`GenericCallbackPayload`.
+
+:func:`parse_callback` returns :data:`AnyCallbackPayload`, the union of the three payload
+classes, so that a ``match`` over it is checked for exhaustiveness::
+
+    match parse_callback(body):
+        case BatchCallbackPayload() as batch: ...
+        case RunCallbackPayload() as run: ...
+        case GenericCallbackPayload() as other: ...
+        case unreachable:
+            assert_never(unreachable)
+
+The event and status names the spec knows are ``Literal`` types (:data:`BatchEvent`,
+:data:`RunEvent`, :data:`KnownEvent`, :data:`BatchStatus`, :data:`RunStatus`), for annotations
+and handler registration. The models' ``event`` and ``status`` fields stay ``str``: a name
+Runflow adds tomorrow is kept, not rejected.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -29,18 +44,50 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH_EVENTS",
     "RUN_EVENTS",
+    "AnyCallbackPayload",
     "BatchCallbackDelivery",
     "BatchCallbackPayload",
+    "BatchEvent",
     "BatchOutput",
+    "BatchStatus",
     "CallbackAttempt",
     "CallbackDelivery",
     "CallbackPayload",
     "GenericCallbackPayload",
+    "KnownEvent",
+    "PayloadKind",
     "RunCallbackDelivery",
     "RunCallbackPayload",
+    "RunEvent",
+    "RunStatus",
     "parse_callback",
     "parse_delivery_history",
 ]
+
+BatchEvent: TypeAlias = Literal[
+    "batch.succeeded", "batch.failed", "batch.cancelled", "batch.partial_succeeded"
+]
+"""The ``batch.*`` events of the spec (:data:`BATCH_EVENTS` as a type)."""
+
+RunEvent: TypeAlias = Literal[
+    "run.completed", "run.failed", "run.cancelled", "run.partial_succeeded"
+]
+"""The ``run.*`` events of the spec (:data:`RUN_EVENTS` as a type)."""
+
+KnownEvent: TypeAlias = BatchEvent | RunEvent
+"""Every event this version knows. Runflow may send others: they parse into
+:class:`GenericCallbackPayload`."""
+
+BatchStatus: TypeAlias = Literal[
+    "succeeded", "failed", "partial_succeeded", "cancelled", "canceled"
+]
+"""The terminal statuses of a batch the spec names (both spellings of cancelled occur)."""
+
+RunStatus: TypeAlias = Literal["succeeded", "failed", "partial_succeeded", "cancelled", "canceled"]
+"""The terminal statuses of a run the spec names (both spellings of cancelled occur)."""
+
+PayloadKind: TypeAlias = Literal["batch", "run", "unknown"]
+"""``CallbackPayload.kind``: which payload class a callback parsed into."""
 
 _EVENT_KINDS: Final = {**dict.fromkeys(RUN_EVENTS, "run"), **dict.fromkeys(BATCH_EVENTS, "batch")}
 
@@ -73,7 +120,7 @@ class BatchOutput(DeferredField, _Model):
 class CallbackPayload(_Model):
     """Fields shared by every callback envelope (spec section 2). All may be absent."""
 
-    kind: ClassVar[Literal["batch", "run", "unknown"]] = "unknown"
+    kind: ClassVar[PayloadKind] = "unknown"
 
     event: str | None = None
     status: str | None = None
@@ -92,7 +139,7 @@ class CallbackPayload(_Model):
 class BatchCallbackPayload(CallbackPayload):
     """A ``batch.*`` callback: carries ``batch_id`` and a :class:`BatchOutput`."""
 
-    kind: ClassVar[Literal["batch", "run", "unknown"]] = "batch"
+    kind: ClassVar[PayloadKind] = "batch"
 
     batch_id: UUID
     output: BatchOutput | None = None
@@ -111,7 +158,7 @@ class RunCallbackPayload(CallbackPayload, DeferredField):
     on first use, like a batch's items (see :class:`BatchOutput`).
     """
 
-    kind: ClassVar[Literal["batch", "run", "unknown"]] = "run"
+    kind: ClassVar[PayloadKind] = "run"
 
     run_id: UUID
 
@@ -131,7 +178,10 @@ class GenericCallbackPayload(CallbackPayload):
         return self.batch_id or self.run_id
 
 
-_MODELS_BY_KIND: Final[dict[str, type[CallbackPayload]]] = {
+AnyCallbackPayload: TypeAlias = BatchCallbackPayload | RunCallbackPayload | GenericCallbackPayload
+"""What :func:`parse_callback` returns: exactly one of the three payload classes."""
+
+_MODELS_BY_KIND: Final[dict[str, type[AnyCallbackPayload]]] = {
     "batch": BatchCallbackPayload,
     "run": RunCallbackPayload,
     "unknown": GenericCallbackPayload,
@@ -162,7 +212,7 @@ def _summarize(error: ValidationError, *, at: tuple[str, ...] = ()) -> InvalidPa
     return InvalidPayloadError(message, errors=details)
 
 
-def parse_callback(body: Body, *, defer_items: bool = True) -> CallbackPayload:
+def parse_callback(body: Body, *, defer_items: bool = True) -> AnyCallbackPayload:
     """Parse verified callback bytes into the right payload model.
 
     Chooses :class:`BatchCallbackPayload` or :class:`RunCallbackPayload` from ``event`` (or, in
@@ -227,7 +277,7 @@ _BATCH_VALIDATOR: Final = BatchCallbackPayload.__pydantic_validator__
 _RUN_VALIDATOR: Final = RunCallbackPayload.__pydantic_validator__
 
 
-def _parse_envelope(body: bytes) -> CallbackPayload | None:
+def _parse_envelope(body: bytes) -> BatchCallbackPayload | RunCallbackPayload | None:
     if body.startswith(_BATCH_FIRST):
         skim, validator, events = skim_batch, _BATCH_VALIDATOR, _BATCH_EVENT_SET
         skim_above = _SKIM_BATCH_ABOVE
@@ -242,7 +292,9 @@ def _parse_envelope(body: bytes) -> CallbackPayload | None:
         if split is None:
             return None
     try:
-        payload: CallbackPayload = validator.validate_json(body if split is None else split[0])
+        payload: BatchCallbackPayload | RunCallbackPayload = validator.validate_json(
+            body if split is None else split[0]
+        )
     except ValidationError:
         return None
     event = payload.event
@@ -252,7 +304,7 @@ def _parse_envelope(body: bytes) -> CallbackPayload | None:
         if isinstance(payload, RunCallbackPayload):
             defer(payload, "output", split[1])
         else:
-            output = cast("BatchCallbackPayload", payload).output
+            output = payload.output
             if output is None:  # cannot happen: the skim found an object with items
                 return None
             defer(output, "items", split[1])
@@ -312,7 +364,7 @@ class CallbackDelivery(_Model):
         """The exact bytes Runflow sent and signed (``payload_bytes`` as UTF-8)."""
         return None if self.payload_bytes is None else self.payload_bytes.encode("utf-8")
 
-    def parse_payload(self) -> CallbackPayload | None:
+    def parse_payload(self) -> AnyCallbackPayload | None:
         """Parse ``payload_bytes`` (not the ``payload`` object) into a payload model."""
         body = self.body
         return None if body is None else parse_callback(body)

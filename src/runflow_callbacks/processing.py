@@ -81,7 +81,7 @@ if TYPE_CHECKING:
 
     from runflow_callbacks.context import RunSource
     from runflow_callbacks.handlers import Registered
-    from runflow_callbacks.models import CallbackPayload
+    from runflow_callbacks.models import AnyCallbackPayload
     from runflow_callbacks.options import ReceiverArgs
     from runflow_callbacks.stores import CallbackStore, State, StoredCallback
 
@@ -213,7 +213,7 @@ class CallbackProcessor:
 
     def incoming(
         self,
-        payload: CallbackPayload,
+        payload: AnyCallbackPayload,
         body: bytes,
         *,
         headers: Mapping[str, str] | None = None,
@@ -368,7 +368,7 @@ class CallbackProcessor:
         key, attempt = context.key, context.attempt
         assert key is not None
         assert attempt is not None
-        entry = self.handlers.lookup(context.payload.event)
+        entry = self.handlers.lookup(context.payload.event, context.payload.kind)
         if entry is None:
             await self._settle(
                 key, "release", lambda: self.store.release(key, token, now=self._now())

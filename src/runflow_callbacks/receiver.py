@@ -17,7 +17,8 @@
 A handler takes one argument, the :class:`~runflow_callbacks.context.CallbackContext` (the
 typed payload is ``context.payload``); it may be a plain function (run in a worker thread) or
 a coroutine function (awaited). The handler registered for the callback's event runs; the
-``on_any`` handler runs for every event that has none of its own.
+``on_batch`` (or ``on_run``) handler for a batch (or run) callback whose event has none of its
+own, and the ``on_any`` handler for anything left.
 
 One pipeline, with or without a store: read and verify (the checks of
 :class:`~runflow_callbacks.asgi.CallbackMiddleware`: 405, 413, 401, 400) → run (directly, or
@@ -42,7 +43,7 @@ import collections
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, overload
 
 from runflow_callbacks._log import log_outcome
 from runflow_callbacks.answers import ANSWERS, Outcome, send_answer
@@ -64,8 +65,9 @@ if TYPE_CHECKING:
 
     from runflow_callbacks.context import CallbackContext
     from runflow_callbacks.errors import RunflowCallbackError
-    from runflow_callbacks.handlers import H
+    from runflow_callbacks.handlers import BatchH, H, RunH
     from runflow_callbacks.metrics import CallbackMetrics
+    from runflow_callbacks.models import BatchEvent, KnownEvent, PayloadKind, RunEvent
     from runflow_callbacks.options import ReceiverArgs, ReceiverOptions
     from runflow_callbacks.reader import CallbackReader
     from runflow_callbacks.stores import CallbackStore
@@ -172,22 +174,56 @@ class CallbackReceiver(ReaderView):
 
     # --- registration --------------------------------------------------------------------
 
-    def on(self, event: str, *events: str) -> Callable[[H], H]:
+    @overload
+    def on(
+        self, event: BatchEvent, *events: BatchEvent, allow_unknown: bool = False
+    ) -> Callable[[BatchH], BatchH]: ...
+    @overload
+    def on(
+        self, event: RunEvent, *events: RunEvent, allow_unknown: bool = False
+    ) -> Callable[[RunH], RunH]: ...
+    @overload
+    def on(
+        self, event: KnownEvent, *events: KnownEvent, allow_unknown: bool = False
+    ) -> Callable[[H], H]: ...
+    @overload
+    def on(self, event: str, *events: str, allow_unknown: bool) -> Callable[[H], H]: ...
+
+    def on(
+        self, event: str, *events: str, allow_unknown: bool = False
+    ) -> Callable[[Handler[Any]], Handler[Any]]:
         """Register the decorated function as the handler of one or more events.
+
+        A handler of batch events only may take a ``CallbackContext[BatchCallbackPayload]``,
+        of run events only a ``CallbackContext[RunCallbackPayload]``, of a mix a bare
+        ``CallbackContext``. An event name this version does not know (a typo) raises
+        :class:`~runflow_callbacks.errors.ConfigurationError`, unless ``allow_unknown=True``.
 
         >>> receiver = CallbackReceiver(secrets="whsec_example")
         >>> @receiver.on("batch.succeeded", "batch.partial_succeeded")
-        ... async def handle(context: CallbackContext) -> None: ...
+        ... async def handle(context: CallbackContext[BatchCallbackPayload]) -> None: ...
         """
-        return self.handlers.on(event, *events)
+        return self.handlers.on(event, *events, allow_unknown=allow_unknown)
+
+    def on_batch(self, handler: BatchH) -> BatchH:
+        """Register the decorated function for every batch callback whose event has no
+        handler of its own (see :meth:`HandlerTable.on_batch
+        <runflow_callbacks.handlers.HandlerTable.on_batch>`)."""
+        return self.handlers.on_batch(handler)
+
+    def on_run(self, handler: RunH) -> RunH:
+        """Register the decorated function for every run callback whose event has no
+        handler of its own."""
+        return self.handlers.on_run(handler)
 
     def on_any(self, handler: H) -> H:
-        """Register the decorated function for every event that has no handler of its own."""
+        """Register the decorated function for every callback no other handler takes."""
         return self.handlers.on_any(handler)
 
-    def handler_for(self, event: str | None) -> Handler | None:
-        """The handler that would run for ``event`` (None when the callback is unhandled)."""
-        return self.handlers.handler_for(event)
+    def handler_for(self, event: str | None, kind: PayloadKind | None = None) -> Handler | None:
+        """The handler that would run for ``event`` of a payload of ``kind`` (worked out from
+        a known event when not given); None when the callback is unhandled."""
+        return self.handlers.handler_for(event, kind)
 
     @property
     def events(self) -> Iterable[str]:
