@@ -24,9 +24,14 @@ def test_the_demo_handles_every_batch_exactly_once(
     assert "-> 401 signature_mismatch" in text
     assert "3 callbacks exhausted all 5 attempts" in text
     assert "'recovered': 3" in text
-    assert "duplicates ignored    3" in text
-    assert "rejected              2" in text
-    assert "OK: 10 batches, 10 handler runs (0 repeated, 0 lost)" in text
+    # 3 redeliveries, the wrong secret's 12 retries replayed, 1 redelivery of a pruned callback
+    assert "duplicates ignored    16" in text
+    # 2 forged in step 3, and the wrong secret's 3 callbacks x 5 attempts
+    assert "rejected              17" in text
+    assert "3 processed, 12 duplicates" in text
+    assert "2 still refused" in text
+    assert "its handler did not run" in text
+    assert "OK: 13 batches, 13 handler runs (0 repeated, 0 lost)" in text
     # Secrets show masked (``Secret('whsec_demo…')``), never whole.
     assert not re.search(r"whsec_demo_[0-9a-f]{8}", text)
 

@@ -11,7 +11,10 @@ directory:
 5. the receiver stopped for a while: some callbacks are delivered on a retry after the
    restart, others exhaust Runflow's attempts;
 6. ``reconcile``, which recovers those from the delivery history;
-7. the inbox summary, and a check that every batch was handled exactly once.
+7. the receiver restarted with the wrong secret: every callback refused, kept by
+   ``serve --keep-rejected``, then recovered with ``inbox replay-rejected``;
+8. ``inbox prune``: bodies removed, tombstones kept, a redelivery still a duplicate;
+9. the inbox summary, and a check that every batch was handled exactly once.
 
 The handler is :func:`handle`: it appends one line per run to ``$RUNFLOW_DEMO_LOG``, which is
 how the demo counts side effects.
@@ -77,6 +80,7 @@ class _Receiver:
         self.url = f"http://127.0.0.1:{self.port}{DEFAULT_CALLBACK_PATH}"
         self._workdir = workdir
         self._store_url = store_url
+        self.store_url = store_url
         self._env = {
             **os.environ,
             SECRETS_ENV: secret,
@@ -86,7 +90,8 @@ class _Receiver:
         self._process: subprocess.Popen[bytes] | None = None
         self._log = (workdir / "serve.log").open("ab")
 
-    def start(self) -> None:
+    def start(self, *, secret: str | None = None) -> None:
+        """Start ``serve`` (with another secret than Runflow's when ``secret`` is given)."""
         command = [
             sys.executable,
             "-m",
@@ -100,9 +105,12 @@ class _Receiver:
             str(self.port),
             "--log-level",
             "warning",
+            "--keep-rejected",
+            "100",
         ]
+        env = self._env if secret is None else {**self._env, SECRETS_ENV: secret}
         self._process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
-            command, cwd=self._workdir, env=self._env, stdout=self._log, stderr=self._log
+            command, cwd=self._workdir, env=env, stdout=self._log, stderr=self._log
         )
         wait_for_port("127.0.0.1", self.port, timeout=30)
 
@@ -294,7 +302,12 @@ def _acts(demo: _Demo, root: Path, store_url: str, secret: str, count: int) -> i
     counts: dict[str, Any] = json.loads(result.stdout)["counts"]
     say(f"  runflow-callbacks reconcile --batch ... ({len(demo.batches)} batches): {counts}")
 
-    demo.title("7. Inbox summary")
+    if not _wrong_secret(demo, root, {**env, SECRETS_ENV: secret}):
+        return 1
+    if not _retention(demo, root, env, store_url):
+        return 1
+
+    demo.title("9. Inbox summary")
     stats = _stats(store_url)
     say(f"  received (distinct)   {stats.received}")
     say(f"  duplicates ignored    {stats.duplicates}")
@@ -311,3 +324,53 @@ def _acts(demo: _Demo, root: Path, store_url: str, secret: str, count: int) -> i
         f"({len(handled) - distinct} repeated, {len(demo.batches) - distinct} lost)"
     )
     return 0 if ok else 1
+
+
+def _wrong_secret(demo: _Demo, root: Path, env: dict[str, str]) -> bool:
+    """A receiver deployed with the wrong secret refuses everything; what it kept is replayed."""
+    say = demo.say
+    demo.title("7. The wrong secret deployed, then recovered")
+    demo.receiver.stop()
+    demo.receiver.start(secret="whsec_demo_wrong_" + secrets.token_hex(8))
+    say("  receiver restarted with the wrong secret (serve --keep-rejected 100)")
+    refused = demo.create(3, offset=300)
+    demo.wait(refused, lambda state, _: state == "failed", timeout_s=30)
+    say(f"  {len(refused)} callbacks answered 401 on all {_MAX_ATTEMPTS} attempts: Runflow gave up")
+    demo.receiver.stop()  # at shutdown the receiver writes what it kept
+    demo.receiver.start()
+    say("  receiver restarted with the right secret")
+    store = ["--store", demo.receiver.store_url]
+    kept = json.loads(_cli(root, env, "inbox", "rejected", "--json", *store).stdout)
+    reasons = sorted({request["reason"] for request in kept})
+    say(f"  runflow-callbacks inbox rejected: {len(kept)} kept ({', '.join(reasons)})")
+    result = _cli(root, env, "inbox", "replay-rejected", "--all", "--handler", _HANDLER, *store)
+    lines = result.stdout.splitlines()
+    processed = sum("verified; processed" in line for line in lines)
+    duplicates = sum("verified; duplicate" in line for line in lines)
+    still = sum("still refused" in line for line in lines)
+    say(
+        "  runflow-callbacks inbox replay-rejected --all: "
+        f"{processed} processed, {duplicates} duplicates (the same callback's retries), "
+        f"{still} still refused (the forged and rewritten ones of step 3)"
+    )
+    if processed != len(refused):
+        say(f"  replay failed: {result.stdout.strip()} {result.stderr.strip()}")
+        return False
+    return True
+
+
+def _retention(demo: _Demo, root: Path, env: dict[str, str], store_url: str) -> bool:
+    """Prune every finished callback; a redelivery of a pruned one is still a duplicate."""
+    say = demo.say
+    demo.title("8. Retention that keeps deduplicating")
+    time.sleep(1.0)  # everything processed so far is now over a second old
+    result = _cli(root, env, "inbox", "prune", "--older-than", "1s", "--store", store_url)
+    if result.returncode != 0:
+        say(f"  prune failed: {result.stderr.strip()}")
+        return False
+    say(f"  runflow-callbacks inbox prune --older-than 1s: {result.stdout.strip()}")
+    with demo.runflow.client() as client:
+        client.redeliver_batch(demo.batches[0])
+    [(state, _)] = demo.wait(demo.batches[:1], lambda state, _: state == "succeeded")
+    say(f"  a pruned callback redelivered -> answered 200 ({state}); its handler did not run")
+    return True
