@@ -174,6 +174,9 @@ class GroupWriter:
             group, stop = self._take()
             if group:
                 self._commit(group)
+            # Let go of the group's work before waiting for the next: it may hold what it wrote
+            # (a 16 MiB body, say), which would otherwise live on until more work came.
+            del group
         if self._connection is not None:
             self._connection.close()  # in this thread: the connection belongs to it
             self._connection = None

@@ -22,6 +22,20 @@ missing tables and indexes are created, and ``pruned_at`` is added (``ALTER TABL
 COLUMN``, under the write lock and after looking again, so that processes opening the file
 together add it once). Opened ``read_only``, such a file is read as it is, unchanged.
 
+A body too big to sit in its row's page (``_SIDE_BODY_BYTES`` and more), and an empty one, is
+kept in a side table, ``<namespace>_bodies (key, body)``, and its row's ``body`` is left empty
+(``x''``). Such a body is written in the same transaction as its row, as a ``zeroblob`` of its
+size that is then filled through an incremental BLOB handle (``Connection.blobopen``), chunk by
+chunk, straight from the caller's bytes: it is never bound as a parameter, which SQLite would
+copy (``SQLITE_TRANSIENT``) and the statement cache would keep until the statement's next use,
+and no later UPDATE of the row (complete, fail, renew, claim) has SQLite rebuild a record holding
+it. A 16 MiB callback through ``serve`` so costs about its own size once, not three or four
+times. A read takes the side body when the row's own body is empty and the row is not a
+tombstone, so rows an earlier version wrote (body in the row) read as they always did, with no
+migration, and a store opened ``read_only`` on a file without the side table reads the row's
+body only. ``prune`` deletes the side bodies of the rows it prunes, and of the tombstones it
+removes. On Python 3.10 (no ``blobopen``) the side body is bound as a parameter instead.
+
 A busy database (another connection holds the lock SQLite needs) is waited on for up to
 ``busy_timeout`` before :class:`~runflow_callbacks.errors.StoreError` is raised; any other
 failure (a read-only file, a file that is no database, a missing directory, a permission error)
@@ -34,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -120,6 +135,13 @@ _SELECTED_BEFORE_PRUNE: Final = _COLUMNS + ", NULL AS pruned_at"
 _REJECTED_COLUMNS: Final = (
     "id, received_at, reason, path, headers, body, body_bytes, replayed_at, replayed_key"
 )
+# A body of this size or more (and an empty one) goes to the side table: one this big does not
+# fit in its row's page anyway (4 KiB), so every UPDATE of the row would have SQLite rebuild its
+# overflow chain, and binding it would have SQLite keep copies (see the module docstring).
+_SIDE_BODY_BYTES: Final = 4096
+# How much of a side body one ``Blob.write`` takes (a slice of the caller's bytes, no copy).
+_BLOB_CHUNK: Final = 1024 * 1024
+_BLOBOPEN: Final = sys.version_info >= (3, 11)
 # The largest id SQLite's INTEGER PRIMARY KEY holds: a longer string is no id of ours.
 _MAX_ID: Final = 2**63 - 1
 _INSERT: Final = (
@@ -165,6 +187,24 @@ _COMPLETE: Final = (
 )
 
 
+def _selection(table: str, *, pruned: bool = True, bodies: bool = True) -> str:
+    """What a read of ``table`` selects: ``_SELECTED`` with the body taken from the side table
+    when the row's own is empty and the row no tombstone (``bodies``); without ``pruned_at``
+    (a file an earlier version made, opened read-only) every row is read as not pruned."""
+    columns = _SELECTED if pruned else _SELECTED_BEFORE_PRUNE
+    if not bodies:
+        return columns
+    side = f"(SELECT side.body FROM {table}_bodies AS side WHERE side.key = {table}.key)"  # noqa: S608 - a checked name
+    # length() of a BLOB reads only its header, so rows with their body inline (the usual
+    # case) skip the side table; coalesce keeps an empty inline body of an earlier version.
+    return columns.replace(
+        ", body,",
+        f", CASE WHEN length(body) = 0 AND pruned_at IS NULL THEN coalesce({side}, body)"
+        " ELSE body END AS body,",
+        1,
+    )
+
+
 def _us(moment: datetime | None) -> int | None:
     return None if moment is None else to_us(moment)
 
@@ -200,6 +240,11 @@ def _to_rejected(row: sqlite3.Row) -> RejectedRequest:
     )
 
 
+def _aside(body: bytes) -> bool:
+    """Whether ``body`` is kept in the side table rather than in its row."""
+    return not body or len(body) >= _SIDE_BODY_BYTES
+
+
 def _rejected_id(request_id: object) -> int | None:
     """The row id a kept request's id names: its decimal form exactly, else None (unknown)."""
     if not isinstance(request_id, str) or not request_id.isascii() or not request_id.isdigit():
@@ -224,8 +269,9 @@ def _busy(error: sqlite3.Error) -> bool:
 class SQLiteStore(StoreBase):
     """A :class:`~runflow_callbacks.stores.CallbackStore` in one SQLite file.
 
-    ``namespace`` is the table name (``<namespace>_counters`` holds the rejected count and
-    ``<namespace>_rejected`` the kept rejected requests). The file (with ``create``, the
+    ``namespace`` is the table name (``<namespace>_counters`` holds the rejected count,
+    ``<namespace>_rejected`` the kept rejected requests and ``<namespace>_bodies`` the bodies
+    too big for their rows). The file (with ``create``, the
     default) and its WAL companions are created on first use; its directory never is: a
     missing one is a :class:`StoreError`. With ``create=False`` a missing file is a
     :class:`StoreError` too ("the SQLite store ... does not exist"), for commands that only
@@ -263,9 +309,13 @@ class SQLiteStore(StoreBase):
         )
         self._complete_sql = _COMPLETE.format(table=self.namespace)
         self._release_sql = _RELEASE.format(table=self.namespace)
+        self._put_body_sql = (
+            f"INSERT OR REPLACE INTO {self.namespace}_bodies (key, body)"  # noqa: S608 - checked
+            + (" VALUES (?, zeroblob(?))" if _BLOBOPEN else " VALUES (?, ?)")
+        )
         # What reads select, and whether the table of rejected requests exists: both change
         # only for a read-only store on a file an earlier version made (see _prepare).
-        self._selected = _SELECTED
+        self._selected = _selection(self.namespace)
         self._keeps_rejected = True
 
     def __repr__(self) -> str:
@@ -336,8 +386,12 @@ class SQLiteStore(StoreBase):
             # Nothing to set up that reading needs, and nothing may be written: a table an
             # earlier version made is read as it is (no tombstones in it, then).
             columns = self._columns(connection, table)
-            if columns and "pruned_at" not in columns:
-                self._selected = _SELECTED_BEFORE_PRUNE
+            if columns:
+                self._selected = _selection(
+                    table,
+                    pruned="pruned_at" in columns,
+                    bodies=bool(self._columns(connection, f"{table}_bodies")),
+                )
             if columns and not self._columns(connection, f"{table}_rejected"):
                 self._keeps_rejected = False
             return
@@ -399,6 +453,10 @@ class SQLiteStore(StoreBase):
                 body_bytes INTEGER NOT NULL,
                 replayed_at INTEGER,
                 replayed_key TEXT
+            );
+            CREATE TABLE IF NOT EXISTS {table}_bodies (
+                key TEXT PRIMARY KEY,
+                body BLOB NOT NULL
             );
             """
         )
@@ -479,6 +537,22 @@ class SQLiteStore(StoreBase):
             is not None
         )
 
+    def _put_body(self, connection: sqlite3.Connection, stored: str | bytes, body: bytes) -> None:
+        """Write the side body of the row just inserted for ``stored`` (see the module
+        docstring): a zeroblob of its size, then its bytes through a BLOB handle."""
+        if sys.version_info >= (3, 11):
+            # REPLACE: a side body left behind by an earlier version's removal of a tombstone
+            # (which knew no side table) gives way to the new row's.
+            rowid = connection.execute(self._put_body_sql, (stored, len(body))).lastrowid
+            if not body or rowid is None:
+                return
+            view = memoryview(body)
+            with connection.blobopen(f"{self.namespace}_bodies", "body", rowid) as blob:
+                for start in range(0, len(view), _BLOB_CHUNK):
+                    blob.write(view[start : start + _BLOB_CHUNK])
+        else:  # no blobopen: bound (and so copied) as any parameter is
+            connection.execute(self._put_body_sql, (stored, body))
+
     def _update(self, connection: sqlite3.Connection, stored: str | bytes, **values: Any) -> None:
         assignments = ", ".join(f"{name} = ?" for name in values)
         connection.execute(
@@ -497,12 +571,14 @@ class SQLiteStore(StoreBase):
         delivery = incoming.source == "delivery"
         stored = to_sqlite(incoming.key)
         table = self.namespace
+        body = incoming.body
+        aside = _aside(body)
         params = (
             stored,
             to_sqlite(incoming.kind),
             to_sqlite(incoming.subject_id),
             to_sqlite(incoming.event),
-            sqlite3.Binary(incoming.body),
+            b"" if aside else sqlite3.Binary(body),
             json.dumps(dict(incoming.headers)),
             to_sqlite(incoming.secret_id),
             to_sqlite(incoming.secret_label),
@@ -523,6 +599,8 @@ class SQLiteStore(StoreBase):
                 params,
             )
             if cursor.rowcount == 1:
+                if aside:
+                    self._put_body(connection, stored, body)
                 return None
             if not delivery:
                 return self._select(connection, stored)
@@ -550,12 +628,14 @@ class SQLiteStore(StoreBase):
         expires = None if lease is None else to_us(now + lease)
         delivered = 1 if incoming.source == "delivery" else 0
         stored = to_sqlite(incoming.key)
+        body = incoming.body
+        aside = _aside(body)
         row: dict[str, Any] = {
             "key": stored,
             "kind": to_sqlite(incoming.kind),
             "subject_id": to_sqlite(incoming.subject_id),
             "event": to_sqlite(incoming.event),
-            "body": sqlite3.Binary(incoming.body),
+            "body": b"" if aside else sqlite3.Binary(body),
             "headers": json.dumps(dict(incoming.headers)),
             "secret_id": to_sqlite(incoming.secret_id),
             "secret_label": to_sqlite(incoming.secret_label),
@@ -586,6 +666,8 @@ class SQLiteStore(StoreBase):
             # INSERT); a duplicate is admitted by one UPDATE that says what it left. No row is
             # read back either way.
             if connection.execute(insert, row).rowcount == 1:
+                if aside:
+                    self._put_body(connection, stored, body)
                 return Admission(
                     inserted=True, state=row["state"], attempts=row["attempts"], token=token
                 )
@@ -853,20 +935,37 @@ class SQLiteStore(StoreBase):
         # changes: its WHERE starts with the index's condition, as written there, and INDEXED
         # BY says so (without statistics, SQLite would rather read every finished row through
         # the index by state).
+        tombstones = "pruned_at IS NOT NULL AND updated_at < ?"
+        finished = (
+            "pruned_at IS NULL AND (state = 'processed' OR state = 'dead')"
+            f" AND updated_at < ? AND ({' OR '.join('state = ?' for _ in chosen)})"
+        )
         remove = (
             f"DELETE FROM {table} INDEXED BY {table}_by_pruned"  # noqa: S608 - checked name
-            " WHERE pruned_at IS NOT NULL AND updated_at < ?"
+            f" WHERE {tombstones}"
         )
         prune = (
             f"UPDATE {table} INDEXED BY {table}_by_finished"  # noqa: S608 - checked name
-            " SET body = x'', headers = '{}', pruned_at = ?"
-            " WHERE pruned_at IS NULL AND (state = 'processed' OR state = 'dead')"
-            f" AND updated_at < ? AND ({' OR '.join('state = ?' for _ in chosen)})"
+            f" SET body = x'', headers = '{{}}', pruned_at = ? WHERE {finished}"
+        )
+        # The side bodies of the same rows go first (nothing in between changes which): a
+        # tombstone's is normally gone already, unless an earlier version pruned it.
+        unbody_removed = (
+            f"DELETE FROM {table}_bodies WHERE key IN"  # noqa: S608 - checked name
+            f" (SELECT key FROM {table} INDEXED BY {table}_by_pruned WHERE {tombstones})"
+        )
+        unbody_pruned = (
+            f"DELETE FROM {table}_bodies WHERE key IN"  # noqa: S608 - checked name
+            f" (SELECT key FROM {table} INDEXED BY {table}_by_finished WHERE {finished})"
         )
 
         def work(connection: sqlite3.Connection) -> Pruned:
             # Old tombstones go first, so that none made by this call is removed by it.
-            removed = 0 if horizon is None else connection.execute(remove, (horizon,)).rowcount
+            removed = 0
+            if horizon is not None:
+                connection.execute(unbody_removed, (horizon,))
+                removed = connection.execute(remove, (horizon,)).rowcount
+            connection.execute(unbody_pruned, (before_us, *chosen))
             pruned = connection.execute(prune, (now_us, before_us, *chosen)).rowcount
             return Pruned(pruned=pruned, removed=removed)
 
