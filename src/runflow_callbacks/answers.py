@@ -16,6 +16,8 @@ Outcomes of a verified callback (:class:`Outcome`), body ``{"status": ...}`` on 
 ``in_progress``        409    another run holds this callback right now: Runflow retries later
 ``failed``             500    the handler raised (error code ``handler_failed``): Runflow retries
 ``store_unavailable``  503    the store could not record it: nothing was acknowledged
+``queue_unavailable``  503    with a hand-off: recorded, but the queue engine did not take its job;
+                              Runflow retries, and the retry queues it again
 =====================  =====  ====================================================================
 
 Rejections of a request (before any handler), body ``{"error": code, "detail": text}``:
@@ -73,6 +75,7 @@ OutcomeStatus = Literal[
     "in_progress",
     "failed",
     "store_unavailable",
+    "queue_unavailable",
 ]
 
 # status -> (HTTP status, error code for a non-2xx answer, detail)
@@ -96,6 +99,11 @@ _OUTCOMES: Final[dict[str, tuple[int, str | None, str | None]]] = {
         503,
         "store_unavailable",
         "the callback could not be recorded; Runflow will retry",
+    ),
+    "queue_unavailable": (
+        503,
+        "queue_unavailable",
+        "the callback could not be queued for processing; Runflow will retry",
     ),
 }
 

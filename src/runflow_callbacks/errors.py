@@ -15,6 +15,7 @@
     ├── ClientDisconnectedError           the client left mid-body (control flow: nothing to answer)
     ├── StoreError                        a backend could not record or read a callback (503)
     │   └── UnknownCallbackError (LookupError)  no callback is recorded under ``key``
+    ├── HandOffError                      the queue engine did not take the job (503)
     └── RunflowAPIError                   the Runflow API answered an error (client only)
 
 Every class has a ``code``: the short machine-readable reason that answers and logs carry
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ClientDisconnectedError",
     "ConfigurationError",
+    "HandOffError",
     "InvalidPayloadError",
     "MalformedSignatureError",
     "MissingSignatureError",
@@ -183,6 +185,15 @@ class StoreError(RunflowCallbackError):
     """A store backend failed to record or read a callback (answered 503: Runflow retries)."""
 
     code = "store_unavailable"
+
+
+class HandOffError(RunflowCallbackError):
+    """The queue engine did not take the job (answered 503 ``queue_unavailable``).
+
+    The callback may be recorded already; Runflow's retry queues it again.
+    """
+
+    code = "queue_unavailable"
 
 
 class UnknownCallbackError(StoreError, LookupError):

@@ -24,6 +24,13 @@ Two modes (``ReceiverOptions.mode``):
     a callback to the dead letter (state ``dead``) after ``max_tries`` tries. Nothing verified
     is dropped: ``runflow-callbacks inbox retry`` (:meth:`retry`) brings it back.
 
+With a ``hand_off`` (see :mod:`runflow_callbacks.handoff`), :meth:`handle` records the
+callback (as in ``inbox`` mode), queues a job for its key in your queue engine (Celery,
+procrastinate), and answers ``recorded`` only once both succeeded (``queue_unavailable``, 503,
+when the job could not be queued: Runflow retries). The engine's worker calls
+:meth:`run_queued` with the key: the same claim, lease renewal and fencing as everywhere else,
+so a job delivered twice runs the handler once.
+
 A callback whose event no handler takes is answered ``unhandled``, as without a store, and is
 kept in its own state ``unhandled`` (not ``processed``): a later delivery, :meth:`retry` or
 reconciliation runs it once a handler for its event exists.
@@ -63,6 +70,7 @@ from runflow_callbacks.defaults import (
 )
 from runflow_callbacks.errors import (
     ConfigurationError,
+    HandOffError,
     InvalidPayloadError,
     RunflowCallbackError,
     StoreError,
@@ -81,6 +89,7 @@ if TYPE_CHECKING:
 
     from runflow_callbacks.context import RunSource
     from runflow_callbacks.handlers import Registered
+    from runflow_callbacks.handoff import HandOff
     from runflow_callbacks.models import AnyCallbackPayload
     from runflow_callbacks.options import ReceiverArgs
     from runflow_callbacks.stores import CallbackStore, State, StoredCallback
@@ -148,6 +157,10 @@ class CallbackProcessor:
     are those of :class:`~runflow_callbacks.options.ReceiverOptions` (``mode``, ``lease``,
     ``handler_timeout``, ``max_tries``, ``backoff``, ``key``, ``clock``, ``poll_interval``,
     ``worker_batch_size``), as keyword arguments or ``options=``.
+
+    With ``hand_off`` (a :class:`~runflow_callbacks.handoff.HandOff`), :meth:`handle` records
+    each callback and queues a job for it in that queue engine, whose worker runs it with
+    :meth:`run_queued`; the mode must then be ``sync`` (the queue replaces the inbox worker).
     """
 
     def __init__(
@@ -157,9 +170,12 @@ class CallbackProcessor:
         *,
         options: ReceiverOptions | None = None,
         on_run: Callable[[CallbackContext, Outcome], None] | None = None,
+        hand_off: HandOff | None = None,
         **changes: Unpack[ReceiverArgs],
     ) -> None:
         self.store = store
+        #: The queue engine each recorded callback is handed to (None: run it here).
+        self.hand_off = hand_off
         #: Called after each run no request waits for (worker, retry, reconcile): metrics.
         self.on_run = on_run
         if isinstance(handlers, HandlerTable):
@@ -167,6 +183,11 @@ class CallbackProcessor:
         else:
             self.handlers = HandlerTable(handlers)
         self.options = resolve(options, changes, who="CallbackProcessor")
+        if hand_off is not None and self.options.mode == "inbox":
+            raise ConfigurationError(
+                "a hand_off runs callbacks in its queue's workers: it takes mode='sync', "
+                "not an inbox worker as well"
+            )
         self._wakeup = asyncio.Event()
         # Ends of runs the store failed to take (key -> the write), retried in the background.
         self._unsettled: dict[str, Callable[[], Awaitable[bool]]] = {}
@@ -247,6 +268,8 @@ class CallbackProcessor:
         key = key_function(context.payload, context.body)
         if key_function is not default_key:  # default_key's keys are valid and bounded
             key = check_key(key)
+        if self.hand_off is not None:
+            return await self._hand_off(self.hand_off, context, key)
         if options.mode == "inbox":
             outcome = await self._record(context, key)
             if outcome.status == "recorded":
@@ -263,6 +286,37 @@ class CallbackProcessor:
             _incoming(context, key), now=self.options.clock(), lease=None
         )
         return Outcome(_NOT_RUN.get(admission.state, "recorded"), key)
+
+    async def _hand_off(self, hand_off: HandOff, context: CallbackContext, key: str) -> Outcome:
+        try:
+            admission = await hand_off.admit(
+                self.store, _incoming(context, key), now=self.options.clock()
+            )
+        except HandOffError as error:
+            logger.warning(
+                "callback %r: not queued (%s); answered 503 so that Runflow delivers it again",
+                key,
+                error,
+            )
+            return Outcome("queue_unavailable", key)
+        return Outcome(_NOT_RUN.get(admission.state, "recorded"), key)
+
+    async def run_queued(self, key: str) -> Outcome:
+        """Run the job a queue engine got for ``key`` (see :mod:`runflow_callbacks.handoff`).
+
+        Claims the callback for ``lease`` and runs its handler as :meth:`retry` does, without
+        resetting its tries: ``processed``, ``failed`` (kept with its next due time, or moved
+        to the dead letter after ``max_tries``), ``unhandled``; or, without running it,
+        ``duplicate`` (processed already: a job delivered twice), ``dead``, or ``in_progress``
+        (another worker holds a live lease: try again once it expires). ``store_unavailable``
+        when the handler ran but its completion is still being stored. Raises
+        :class:`~runflow_callbacks.errors.StoreError` when the store is unreachable and
+        :class:`~runflow_callbacks.errors.UnknownCallbackError` for a key never recorded.
+        """
+        claim = await self.store.claim(key, now=self._now(), lease=self.lease)
+        if claim.token is None:
+            return self._not_run(key, claim.record.state)
+        return await self._run_stored(claim.record, claim.token)
 
     async def process_reconciled(self, context: CallbackContext) -> Outcome:
         """Reconciliation: record a payload read back from the delivery history and run the

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from runflow_callbacks.context import CallbackContext
     from runflow_callbacks.errors import RunflowCallbackError
     from runflow_callbacks.handlers import BatchH, H, RunH
+    from runflow_callbacks.handoff import HandOff
     from runflow_callbacks.metrics import CallbackMetrics
     from runflow_callbacks.models import BatchEvent, KnownEvent, PayloadKind, RunEvent
     from runflow_callbacks.options import ReceiverArgs, ReceiverOptions
@@ -115,7 +116,9 @@ class CallbackReceiver(ReaderView):
     :class:`~runflow_callbacks.options.ReceiverOptions` may be given as a keyword argument, or
     all at once as ``options=``. With a store, ``keep_rejected=N`` keeps the last ``N``
     refused requests there (``keep_rejected_bytes`` of bodies at most; see
-    :mod:`runflow_callbacks.rejected`), to look at and replay.
+    :mod:`runflow_callbacks.rejected`), to look at and replay. With a store, ``hand_off`` (a
+    :class:`~runflow_callbacks.handoff.HandOff`) queues each recorded callback in a queue
+    engine whose workers run the handlers (see :mod:`runflow_callbacks.handoff`).
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class CallbackReceiver(ReaderView):
         options: ReceiverOptions | None = None,
         keep_rejected: int = 0,
         keep_rejected_bytes: int = DEFAULT_KEEP_REJECTED_BYTES,
+        hand_off: HandOff | None = None,
         **changes: Unpack[ReceiverArgs],
     ) -> None:
         self.verifier = secrets if isinstance(secrets, Verifier) else Verifier(secrets)
@@ -155,7 +159,10 @@ class CallbackReceiver(ReaderView):
                 self.handlers,
                 options=self.options,
                 on_run=None if metrics is None else metrics.ran,
+                hand_off=hand_off,
             )
+        elif hand_off is not None:
+            raise ConfigurationError("hand_off needs a store to record the callbacks in")
         elif self.options.mode != "sync":
             raise ConfigurationError("mode='inbox' needs a store to keep the inbox in")
         self._worker_running = False

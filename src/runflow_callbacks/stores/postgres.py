@@ -25,7 +25,9 @@ a single Sync, so PostgreSQL runs it as one implicit transaction: one round trip
 for all of them (see :meth:`PostgresStore._write_batch` for how one failing statement fails
 only itself). A batch takes its row locks in key order, so concurrent batches (of this store,
 or of other replicas) never deadlock. A lone write is sent as it always was, one autocommit
-statement.
+statement. :meth:`PostgresStore.record_with` (the hook of the procrastinate hand-off) is
+the one exception: it records in a transaction of its own, shared with the caller's
+statements, outside the batches.
 
 Connections wait in a small pool between operations. A PostgreSQL restart (or an idle timeout,
 or ``pg_terminate_backend``) ends them there; each is checked before a statement is written
@@ -320,6 +322,29 @@ def _answered_by_server(connection: Connection) -> bool:
     """Whether ``connection`` is idle and well after a statement failed: the server answered
     it with an error and rolled its transaction back (nothing of it committed)."""
     return not connection.broken and connection.info.transaction_status == TransactionStatus.IDLE
+
+
+def _admit_params(
+    incoming: IncomingCallback, *, now: datetime, lease: timedelta | None, token: str | None
+) -> dict[str, Any]:
+    """The parameters of ``_ADMIT`` (record only when ``lease`` is None)."""
+    received_at = aware(incoming.received_at, name="received_at")
+    now = aware(now)
+    expires = None if lease is None else now + lease
+    return {
+        **_text_params(incoming),
+        "body": bytes(incoming.body),
+        "at": received_at,
+        "source": incoming.source,
+        "state": "received" if lease is None else "processing",
+        "attempts": 0 if lease is None else 1,
+        "deliveries": 1 if incoming.source == "delivery" else 0,
+        "expires": expires,
+        "updated_at": received_at if lease is None else now,
+        "token": token,
+        "due": received_at if expires is None else expires,
+        "now": now,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -664,25 +689,9 @@ class PostgresStore(StoreBase):
     async def record_and_claim(
         self, incoming: IncomingCallback, *, now: datetime, lease: timedelta | None
     ) -> Admission:
-        received_at = aware(incoming.received_at, name="received_at")
-        now = aware(now)
         lease = None if lease is None else check_lease(lease)
         token = None if lease is None else new_token()
-        expires = None if lease is None else now + lease
-        params = {
-            **_text_params(incoming),
-            "body": bytes(incoming.body),
-            "at": received_at,
-            "source": incoming.source,
-            "state": "received" if lease is None else "processing",
-            "attempts": 0 if lease is None else 1,
-            "deliveries": 1 if incoming.source == "delivery" else 0,
-            "expires": expires,
-            "updated_at": received_at if lease is None else now,
-            "token": token,
-            "due": received_at if expires is None else expires,
-            "now": now,
-        }
+        params = _admit_params(incoming, now=now, lease=lease, token=token)
         query = self._admit_record if lease is None else self._admit_claim
         row = await self._write(incoming.key, query, params)
         return Admission(
@@ -691,6 +700,38 @@ class PostgresStore(StoreBase):
             attempts=row["attempts"],
             token=token if row["acquired"] else None,
         )
+
+    async def record_with(
+        self,
+        incoming: IncomingCallback,
+        *,
+        now: datetime,
+        in_transaction: Callable[[Connection, Admission], Awaitable[None]],
+    ) -> Admission:
+        """``record_and_claim(incoming, now=now, lease=None)``, and ``in_transaction`` in the
+        same transaction, on the same connection: both commit, or neither does.
+
+        ``in_transaction`` gets the connection (a psycopg ``AsyncConnection`` inside an open
+        transaction: run statements on it, do not commit) and the admission the record
+        statement answered; whatever it raises rolls the record back too and reaches the
+        caller as it is (a psycopg error as :class:`StoreError`). The hook of the
+        procrastinate hand-off, which defers its job there. Not batched: one transaction of
+        its own per call, on a connection of the pool.
+        """
+        params = _admit_params(incoming, now=now, lease=None, token=None)
+
+        async def admit(connection: Connection) -> Admission:
+            async with connection.transaction():
+                cursor = await connection.execute(self._admit_record, params)
+                row = await cursor.fetchone()
+                assert row is not None
+                admission = Admission(
+                    inserted=bool(row["inserted"]), state=row["state"], attempts=row["attempts"]
+                )
+                await in_transaction(connection, admission)
+            return admission
+
+        return await self._run(admit, read_only=False)
 
     async def claim(self, key: str, *, now: datetime, lease: timedelta) -> Claim:
         now, lease = aware(now), check_lease(lease)
