@@ -20,6 +20,9 @@ handler + ``inbox``    200 once recorded; a background worker runs the handler a
                        failures with backoff, up to the dead letter
 =====================  ======================================================================
 
+With ``senders=[Sender(...), ...]`` (:mod:`runflow_callbacks.senders`) there is a route per
+sender instead, each with its own secrets, handler and options, all on the one store.
+
 The store is closed when the application shuts down.
 """
 
@@ -49,7 +52,7 @@ from runflow_callbacks.retention import check_retention, pruning
 from runflow_callbacks.stores import open_store
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from datetime import timedelta
 
     from starlette.requests import Request
@@ -58,6 +61,7 @@ if TYPE_CHECKING:
     from runflow_callbacks.handlers import Handler
     from runflow_callbacks.metrics import CallbackMetrics
     from runflow_callbacks.options import ReceiverArgs, ReceiverOptions
+    from runflow_callbacks.senders import Sender
     from runflow_callbacks.stores import CallbackStore
     from runflow_callbacks.verifier import SecretsInput, Verifier
 
@@ -122,11 +126,12 @@ def _readiness(store: CallbackStore) -> Callable[[Request], Awaitable[JSONRespon
 
 def create_app(
     *,
-    secrets: SecretsInput | Verifier,
+    secrets: SecretsInput | Verifier | None = None,
     store: str | CallbackStore = DEFAULT_STORE_URL,
     handler: Handler | str | None = None,
     inbox: bool = False,
-    path: str = DEFAULT_CALLBACK_PATH,
+    path: str | None = None,
+    senders: Sequence[Sender] | None = None,
     namespace: str | None = None,
     metrics: bool | CallbackMetrics = False,
     retention: timedelta | None = None,
@@ -149,17 +154,37 @@ def create_app(
     the background, keeping their tombstones ``tombstone_retention`` (see
     :mod:`runflow_callbacks.retention`); ``keep_rejected=N`` keeps the last ``N`` refused
     requests in the store (see :mod:`runflow_callbacks.rejected`).
+
+    ``senders=[Sender(...), ...]`` takes callbacks of several senders, each on its own path
+    with its own secrets, handler and options, instead of ``secrets`` and ``path``: a
+    :class:`~runflow_callbacks.senders.CallbackRouter` on the one store (``handler``, ``inbox``
+    and the options are then every sender's defaults; ``app.state.router`` is the router).
     """
+    if senders is not None:
+        return _several(
+            senders,
+            secrets=secrets,
+            path=path,
+            handler=handler,
+            inbox=inbox,
+            store=store,
+            namespace=namespace,
+            metrics=metrics,
+            retention=retention,
+            tombstone_retention=tombstone_retention,
+            kept=(keep_rejected, keep_rejected_bytes),
+            chosen=resolve(options, changes, who="create_app"),
+        )
+    if secrets is None:
+        raise ConfigurationError("create_app needs secrets= (or senders=)")
+    path = DEFAULT_CALLBACK_PATH if path is None else path
     if not path.startswith("/"):
         raise ConfigurationError(f"the callback path must start with '/', not {path!r}")
     resolved = load_handler(handler) if isinstance(handler, str) else handler
     chosen = resolve(options, changes, who="create_app")
     if inbox or resolved is None:
         chosen = chosen.replace(mode="inbox")
-    if isinstance(store, str):
-        opened = open_store(store) if namespace is None else open_store(store, namespace=namespace)
-    else:
-        opened = store
+    opened = _opened(store, namespace)
     counted = _metrics(metrics)
     if retention is not None:
         check_retention(retention, tombstone_retention)
@@ -189,8 +214,16 @@ def create_app(
             await receiver.flush_rejections()
             await opened.close()
 
+    routes = [Route(path, receiver, methods=None), *_probes(opened, counted)]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.receiver = receiver
+    app.state.store = opened
+    return app
+
+
+def _probes(opened: CallbackStore, counted: CallbackMetrics | None) -> list[Route]:
+    """``/healthz``, ``/readyz`` and, with metrics, ``/metrics``."""
     routes = [
-        Route(path, receiver, methods=None),
         Route("/healthz", _health, methods=["GET"]),
         Route("/readyz", _readiness(opened), methods=["GET"]),
     ]
@@ -198,7 +231,84 @@ def create_app(
         from runflow_callbacks.metrics import metrics_endpoint  # noqa: PLC0415 - metrics extra
 
         routes.append(Route("/metrics", metrics_endpoint(counted, opened), methods=["GET"]))
+    return routes
+
+
+def _opened(store: str | CallbackStore, namespace: str | None) -> CallbackStore:
+    if isinstance(store, str):
+        return open_store(store) if namespace is None else open_store(store, namespace=namespace)
+    return store
+
+
+def _several(
+    senders: Sequence[Sender],
+    *,
+    secrets: SecretsInput | Verifier | None,
+    path: str | None,
+    handler: Handler | str | None,
+    inbox: bool,
+    store: str | CallbackStore,
+    namespace: str | None,
+    metrics: bool | CallbackMetrics,
+    retention: timedelta | None,
+    tombstone_retention: timedelta,
+    kept: tuple[int, int],
+    chosen: ReceiverOptions,
+) -> Starlette:
+    """:func:`create_app` for several senders: a route per sender, one store and worker."""
+    from runflow_callbacks.senders import CallbackRouter, Sender  # noqa: PLC0415 - it imports us
+
+    if secrets is not None or path is not None:
+        raise ConfigurationError(
+            "create_app takes senders= or secrets= and path=, not both: each sender has its "
+            "own secrets and path"
+        )
+    if inbox:
+        chosen = chosen.replace(mode="inbox")
+    if handler is not None:  # every sender's default: give a sender without one this one
+        senders = [
+            sender
+            if sender.handler is not None
+            else Sender(
+                name=sender.name,
+                path=sender.path,
+                secrets=sender.secrets,
+                handler=handler,
+                **sender.changes,
+            )
+            for sender in senders
+        ]
+    counted = _metrics(metrics)
+    if retention is not None:
+        check_retention(retention, tombstone_retention)
+    opened = _opened(store, namespace)
+    router = CallbackRouter(
+        senders,
+        store=opened,
+        metrics=counted,
+        options=chosen,
+        keep_rejected=kept[0],
+        keep_rejected_bytes=kept[1],
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            async with (
+                pruning(opened, retention=retention, tombstone_retention=tombstone_retention),
+                router.worker(),
+            ):
+                yield
+        finally:
+            await router.flush_rejections()
+            await opened.close()
+
+    routes = [
+        *(Route(s.path, router.receivers[s.name], methods=None) for s in router.senders.values()),
+        *_probes(opened, counted),
+    ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.receiver = receiver
+    app.state.router = router
+    app.state.receivers = router.receivers
     app.state.store = opened
     return app

@@ -30,6 +30,7 @@ __all__ = [
     "moment",
     "option_flags",
     "options_from_args",
+    "read_option",
     "server_bounds",
     "span",
 ]
@@ -322,6 +323,29 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 _ZERO_IS_NONE: Final = frozenset(
     {"handler_timeout", "max_tries", "body_timeout", "max_unverified_bytes"}
 )
+
+
+def read_option(name: str, text: str, *, where: str) -> Any:
+    """The library value of option ``name`` written ``text`` as on its flag (``"30"`` seconds,
+    ``"2:600"``, ``"module:function"``; 0 for no limit), for ``serve --config`` and
+    ``--sender-option``. Raises :class:`~runflow_callbacks.errors.ConfigurationError` starting
+    with ``where`` (the file and key, or the flag) for an unknown option or a bad value."""
+    row = _FLAGS.get(name)
+    if row is None:
+        raise ConfigurationError(f"{where}: unknown receiver option {name!r}")
+    if name == "mode":
+        if text not in {"sync", "inbox"}:
+            raise ConfigurationError(f"{where}: must be 'sync' or 'inbox', not {text!r}")
+        return text
+    try:
+        value = row[1](text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+    if name == "key":
+        from runflow_callbacks.app import load_handler  # noqa: PLC0415 - run time only
+
+        return load_handler(value, flag=where)
+    return None if name in _ZERO_IS_NONE and not value else value
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
