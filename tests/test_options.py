@@ -40,6 +40,7 @@ def _key(payload: CallbackPayload, body: bytes) -> str:
 CHANGED: dict[str, Any] = {
     "max_body_bytes": 1024,
     "allow_unsigned": True,
+    "signature_header": "X-Webhook-Signature",
     "body_timeout": timedelta(seconds=3),
     "max_unverified_bytes": 4096,
     "clock": _fixed_clock,
@@ -144,6 +145,7 @@ def test_none_for_the_optional_limits_means_no_limit() -> None:
 TYPED: dict[str, tuple[list[str], str, Any]] = {
     "max_body_bytes": (["1024"], "1024", 1024),
     "allow_unsigned": ([], "true", True),
+    "signature_header": (["X-Webhook-Signature"], "X-Webhook-Signature", "X-Webhook-Signature"),
     "body_timeout": (["3"], "3", timedelta(seconds=3)),
     "max_unverified_bytes": (["4096"], "4096", 4096),
     "mode": (["inbox"], "inbox", "inbox"),

@@ -1,4 +1,4 @@
-"""A small Runflow API client: callback delivery history, redelivery and callback secrets.
+"""A small Runflow API client: callback delivery history, redelivery, callback secrets, webhooks.
 
 >>> with RunflowClient(api_key="rf_...") as client:  # doctest: +SKIP
 ...     for delivery in client.batch_deliveries("0190f2a4-0000-7000-8000-000000000002"):
@@ -20,6 +20,12 @@ is harmless:
   timeout, dropped connection) it is never sent again: the error says it may have been applied
   and how to check (list the secrets, look at the delivery history).
 
+Lists (webhooks, their deliveries and attempts: spec section 9) are read to the end: the
+client follows ``next`` (a URL on the API's own host, absolute or relative) or ``next_pq``
+(sent back as ``?pq=``) until a page has neither, and raises
+:class:`~runflow_callbacks.errors.InvalidPayloadError` for a page that leads to another host
+(which would receive the API key) or back to one already read.
+
 Every request carries ``User-Agent: runflow-callbacks/<version> (python <x.y>; httpx <version>)``.
 The API is ``base_url=``, else ``$RUNFLOW_API_URL``, else :data:`DEFAULT_BASE_URL`.
 """
@@ -34,7 +40,9 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
+from urllib.parse import urlencode
 from uuid import UUID
 
 import httpx
@@ -48,9 +56,10 @@ from runflow_callbacks.models import (
     RunCallbackDelivery,
     parse_delivery_history,
 )
+from runflow_callbacks.webhooks import Page, Webhook, WebhookAttempt, WebhookDelivery
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
     from types import TracebackType
 
 __all__ = [
@@ -72,6 +81,7 @@ _SyncSelf = TypeVar("_SyncSelf", bound="RunflowClient")
 _AsyncSelf = TypeVar("_AsyncSelf", bound="AsyncRunflowClient")
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=BaseModel)
+_I = TypeVar("_I", bound=BaseModel)
 _Kind = Literal["batch", "run"]
 _PLURAL: Final[dict[_Kind, str]] = {"batch": "batches", "run": "runs"}
 
@@ -160,6 +170,128 @@ def _raw_records(response: httpx.Response) -> list[dict[str, Any]]:
 _parse_batch_delivery = _model_parser(BatchCallbackDelivery, "delivery record")
 _parse_run_delivery = _model_parser(RunCallbackDelivery, "delivery record")
 _parse_secret = _model_parser(CallbackSecret, "callback secret")
+_parse_webhook = _model_parser(Webhook, "webhook")
+_parse_webhook_delivery = _model_parser(WebhookDelivery, "webhook delivery")
+_parse_webhook_attempt = _model_parser(WebhookAttempt, "webhook attempt")
+#: The page sizes the API takes (``limit``, spec section 9).
+_PAGE_LIMITS: Final = range(1, 501)
+
+
+def _page_parser(item: type[_I], what: str) -> Callable[[httpx.Response], Page[_I]]:
+    model: type[Page[_I]] = Page[item]  # type: ignore[valid-type] # parametrized at run time
+
+    def parse(response: httpx.Response) -> Page[_I]:
+        content = response.content
+        if content.lstrip()[:1] == b"[":  # a bare array: one page, nothing after it
+            content = b'{"items": ' + content + b"}"
+        try:
+            return model.model_validate_json(content)
+        except ValidationError as exc:
+            raise InvalidPayloadError(
+                f"the Runflow API answered an unexpected page of {what} "
+                f"({exc.error_count()} errors)"
+            ) from None
+
+    return parse
+
+
+_parse_webhook_page = _page_parser(Webhook, "webhooks")
+_parse_webhook_delivery_page = _page_parser(WebhookDelivery, "webhook deliveries")
+_parse_webhook_attempt_page = _page_parser(WebhookAttempt, "webhook attempts")
+
+
+def _query(path: str, **params: str | int | None) -> str:
+    given = {name: value for name, value in params.items() if value is not None}
+    return f"{path}?{urlencode(given)}" if given else path
+
+
+def _embed(embed: Iterable[str]) -> str | None:
+    names = [name.strip() for name in ([embed] if isinstance(embed, str) else embed)]
+    if any(not name or "," in name for name in names):
+        raise ConfigurationError("embed= takes names like 'event_subscriptions', one per item")
+    return ",".join(names) or None
+
+
+def _page_limit(limit: object) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit not in _PAGE_LIMITS:
+        raise ConfigurationError(f"limit must be an int from 1 to 500 (a page size), not {limit!r}")
+    return limit
+
+
+def _webhook_path(webhook_id: str | UUID, *rest: str | UUID) -> str:
+    path = f"/v1/webhooks/{_plain_id('webhook', webhook_id)}"
+    names = ("deliveries", "attempts")
+    for position, part in enumerate(rest):
+        what = "webhook delivery" if position == 0 else "webhook attempt"
+        path += f"/{names[position]}/{_plain_id(what, part)}"
+    return path
+
+
+class _Pages(Generic[_I]):
+    """Reads a list to its end, one page per :meth:`advance`, for either client.
+
+    ``call`` is the next request (None once a page had no ``next`` nor ``next_pq``); ``items``
+    what the pages held so far, kept when ``keep`` says so.
+    """
+
+    def __init__(
+        self,
+        first: _Call[Page[_I]],
+        base_url: str,
+        *,
+        keep: Callable[[_I], bool] | None = None,
+    ) -> None:
+        self.call: _Call[Page[_I]] | None = first
+        self.items: list[_I] = []
+        self._first = first
+        self._base = httpx.URL(base_url)
+        self._keep = keep
+        self._first_url = httpx.URL(base_url.rstrip("/") + first.path)
+        self._current = self._first_url
+        self._seen = {str(self._current)}
+
+    def advance(self, page: Page[_I]) -> None:
+        """Take ``page``'s items and find the request for the next page, if any."""
+        items = page.items or []
+        self.items.extend(item for item in items if self._keep is None or self._keep(item))
+        self.call = None
+        if page.next_pq is not None and page.next_pq != "":
+            url = self._first_url.copy_merge_params({"pq": str(page.next_pq)})
+        elif page.next:
+            url = self._current.join(page.next)
+            if (url.scheme, url.host, url.port) != (
+                self._base.scheme,
+                self._base.host,
+                self._base.port,
+            ):
+                raise InvalidPayloadError(
+                    "the Runflow API's next page is on another host; it was not followed "
+                    "(the request would carry the API key there)"
+                )
+        else:
+            return
+        if str(url) in self._seen:
+            raise InvalidPayloadError(
+                "the Runflow API's pages loop: the next page is one already read"
+            )
+        self._seen.add(str(url))
+        self._current = url
+        self.call = _Call("GET", str(url), self._first.parse)
+
+
+def _created_since(since: object) -> Callable[[WebhookDelivery], bool] | None:
+    if since is None:
+        return None
+    if not isinstance(since, datetime) or since.utcoffset() is None:
+        raise ConfigurationError("since= must be a timezone-aware datetime")
+
+    def keep(delivery: WebhookDelivery) -> bool:
+        # A delivery without a creation time is kept: reading one too many costs nothing.
+        return delivery.created_at is None or delivery.created_at >= since
+
+    return keep
 
 
 class _Calls:
@@ -225,6 +357,41 @@ class _Calls:
             raise ConfigurationError("update_callback_secret needs label= or is_current=")
         path = f"/v1/callback-secrets/{_plain_id('callback secret', secret_id)}"
         return _Call("PATCH", path, _parse_secret, json.dumps(body).encode())
+
+    @staticmethod
+    def webhooks(embed: Iterable[str]) -> _Call[Page[Webhook]]:
+        path = _query("/v1/webhooks", embed=_embed(embed))
+        return _Call("GET", path, _parse_webhook_page)
+
+    @staticmethod
+    def webhook(webhook_id: str | UUID, embed: Iterable[str]) -> _Call[Webhook]:
+        path = _query(_webhook_path(webhook_id), embed=_embed(embed))
+        return _Call("GET", path, _parse_webhook)
+
+    @staticmethod
+    def webhook_deliveries(
+        webhook_id: str | UUID, limit: int | None
+    ) -> _Call[Page[WebhookDelivery]]:
+        path = _query(_webhook_path(webhook_id) + "/deliveries", limit=_page_limit(limit))
+        return _Call("GET", path, _parse_webhook_delivery_page)
+
+    @staticmethod
+    def webhook_delivery(webhook_id: str | UUID, delivery_id: str | UUID) -> _Call[WebhookDelivery]:
+        return _Call("GET", _webhook_path(webhook_id, delivery_id), _parse_webhook_delivery)
+
+    @staticmethod
+    def webhook_attempts(
+        webhook_id: str | UUID, delivery_id: str | UUID, limit: int | None
+    ) -> _Call[Page[WebhookAttempt]]:
+        path = _webhook_path(webhook_id, delivery_id) + "/attempts"
+        return _Call("GET", _query(path, limit=_page_limit(limit)), _parse_webhook_attempt_page)
+
+    @staticmethod
+    def webhook_attempt(
+        webhook_id: str | UUID, delivery_id: str | UUID, attempt_id: str | UUID
+    ) -> _Call[WebhookAttempt]:
+        path = _webhook_path(webhook_id, delivery_id, attempt_id)
+        return _Call("GET", path, _parse_webhook_attempt)
 
 
 def _redelivery_risk(kind: _Kind, subject_id: str | UUID, method: str) -> str:
@@ -471,6 +638,62 @@ class RunflowClient(_ClientBase):
         """Rename a callback secret or promote it to current (``is_current=True``)."""
         return self._call(_Calls.update_secret(secret_id, label, is_current))
 
+    def _all(self, first: _Call[Page[_I]], *, keep: Callable[[_I], bool] | None = None) -> list[_I]:
+        pages = _Pages(first, self.base_url, keep=keep)
+        while pages.call is not None:
+            pages.advance(self._call(pages.call))
+        return pages.items
+
+    def list_webhooks(self, *, embed: Iterable[str] = ()) -> list[Webhook]:
+        """Every webhook of the organization (all pages); ``embed`` as the API takes it
+        (``"event_subscriptions"``, ``"deliveries"``)."""
+        return self._all(_Calls.webhooks(embed))
+
+    def get_webhook(self, webhook_id: str | UUID, *, embed: Iterable[str] = ()) -> Webhook:
+        """One webhook."""
+        return self._call(_Calls.webhook(webhook_id, embed))
+
+    def list_webhook_deliveries(
+        self,
+        webhook_id: str | UUID,
+        *,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[WebhookDelivery]:
+        """The deliveries of one webhook, or of all of them for ``webhook_id="any"``.
+
+        Every page is read (``limit`` is the page size, 1 to 500). ``since`` (timezone-aware)
+        keeps the deliveries created at or after it, and those whose creation time is unknown;
+        the API documents no time filter, so it is applied here.
+        """
+        return self._all(_Calls.webhook_deliveries(webhook_id, limit), keep=_created_since(since))
+
+    def get_webhook_delivery(
+        self, delivery_id: str | UUID, *, webhook_id: str | UUID = "any"
+    ) -> WebhookDelivery:
+        """One webhook delivery (under ``webhook_id``, by default ``any``)."""
+        return self._call(_Calls.webhook_delivery(webhook_id, delivery_id))
+
+    def list_webhook_attempts(
+        self,
+        delivery_id: str | UUID,
+        *,
+        webhook_id: str | UUID = "any",
+        limit: int | None = None,
+    ) -> list[WebhookAttempt]:
+        """Every attempt of one webhook delivery (all pages; ``limit`` is the page size)."""
+        return self._all(_Calls.webhook_attempts(webhook_id, delivery_id, limit))
+
+    def get_webhook_attempt(
+        self,
+        delivery_id: str | UUID,
+        attempt_id: str | UUID,
+        *,
+        webhook_id: str | UUID = "any",
+    ) -> WebhookAttempt:
+        """One attempt of a webhook delivery."""
+        return self._call(_Calls.webhook_attempt(webhook_id, delivery_id, attempt_id))
+
 
 class AsyncRunflowClient(_ClientBase):
     """Asynchronous twin of :class:`RunflowClient`, with the same options and methods."""
@@ -573,3 +796,62 @@ class AsyncRunflowClient(_ClientBase):
     ) -> CallbackSecret:
         """Rename a callback secret or promote it to current (``is_current=True``)."""
         return await self._call(_Calls.update_secret(secret_id, label, is_current))
+
+    async def _all(
+        self, first: _Call[Page[_I]], *, keep: Callable[[_I], bool] | None = None
+    ) -> list[_I]:
+        pages = _Pages(first, self.base_url, keep=keep)
+        while pages.call is not None:
+            pages.advance(await self._call(pages.call))
+        return pages.items
+
+    async def list_webhooks(self, *, embed: Iterable[str] = ()) -> list[Webhook]:
+        """Every webhook of the organization (all pages); ``embed`` as the API takes it
+        (``"event_subscriptions"``, ``"deliveries"``)."""
+        return await self._all(_Calls.webhooks(embed))
+
+    async def get_webhook(self, webhook_id: str | UUID, *, embed: Iterable[str] = ()) -> Webhook:
+        """One webhook."""
+        return await self._call(_Calls.webhook(webhook_id, embed))
+
+    async def list_webhook_deliveries(
+        self,
+        webhook_id: str | UUID,
+        *,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[WebhookDelivery]:
+        """The deliveries of one webhook, or of all of them for ``webhook_id="any"``.
+
+        Every page is read (``limit`` is the page size, 1 to 500). ``since`` (timezone-aware)
+        keeps the deliveries created at or after it, and those whose creation time is unknown;
+        the API documents no time filter, so it is applied here.
+        """
+        first = _Calls.webhook_deliveries(webhook_id, limit)
+        return await self._all(first, keep=_created_since(since))
+
+    async def get_webhook_delivery(
+        self, delivery_id: str | UUID, *, webhook_id: str | UUID = "any"
+    ) -> WebhookDelivery:
+        """One webhook delivery (under ``webhook_id``, by default ``any``)."""
+        return await self._call(_Calls.webhook_delivery(webhook_id, delivery_id))
+
+    async def list_webhook_attempts(
+        self,
+        delivery_id: str | UUID,
+        *,
+        webhook_id: str | UUID = "any",
+        limit: int | None = None,
+    ) -> list[WebhookAttempt]:
+        """Every attempt of one webhook delivery (all pages; ``limit`` is the page size)."""
+        return await self._all(_Calls.webhook_attempts(webhook_id, delivery_id, limit))
+
+    async def get_webhook_attempt(
+        self,
+        delivery_id: str | UUID,
+        attempt_id: str | UUID,
+        *,
+        webhook_id: str | UUID = "any",
+    ) -> WebhookAttempt:
+        """One attempt of a webhook delivery."""
+        return await self._call(_Calls.webhook_attempt(webhook_id, delivery_id, attempt_id))

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_UNVERIFIED_BYTES",
     "DEFAULT_NAMESPACE",
     "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_SIGNATURE_HEADER",
     "DEFAULT_STORE_URL",
     "DEFAULT_TOMBSTONE_RETENTION",
     "ENV_PREFIX",
@@ -37,6 +38,8 @@ __all__ = [
     "STORE_ENV",
 ]
 
+#: The header carrying the signature (org-level webhooks: an assumption, see the README).
+DEFAULT_SIGNATURE_HEADER: Final = "Runflow-Signature"
 #: The path Runflow callbacks are received on unless told otherwise.
 DEFAULT_CALLBACK_PATH: Final = "/callbacks/runflow"
 #: 16 MiB: a batch callback carries every item's output inline, so it can be large.

@@ -14,6 +14,8 @@ option                    default              meaning
 ========================  ===================  ==============================================
 ``max_body_bytes``        16 MiB               largest body read; larger is 413, unread
 ``allow_unsigned``        False                accept requests *without* Runflow-Signature
+``signature_header``      Runflow-Signature    the header carrying the signature (org-level
+                                               webhooks' is undocumented: an assumption)
 ``body_timeout``          30 seconds           a body not complete by then is 408 (None: none)
 ``max_unverified_bytes``  64 MiB               bodies not yet verified held at once; beyond,
                                                503 (None: no budget)
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal, TypedDict
@@ -51,6 +54,7 @@ from runflow_callbacks.defaults import (
     DEFAULT_MAX_TRIES,
     DEFAULT_MAX_UNVERIFIED_BYTES,
     DEFAULT_POLL_INTERVAL,
+    DEFAULT_SIGNATURE_HEADER,
 )
 from runflow_callbacks.errors import ConfigurationError
 from runflow_callbacks.keys import KeyFunction, default_key
@@ -112,6 +116,7 @@ class ReceiverOptions:
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     allow_unsigned: bool = False
+    signature_header: str = DEFAULT_SIGNATURE_HEADER
     body_timeout: timedelta | None = DEFAULT_BODY_TIMEOUT
     max_unverified_bytes: int | None = DEFAULT_MAX_UNVERIFIED_BYTES
     clock: Callable[[], datetime] = utc_now
@@ -131,6 +136,11 @@ class ReceiverOptions:
         _positive_int(self.max_body_bytes, "max_body_bytes", "bytes")
         if not isinstance(self.allow_unsigned, bool):
             raise ConfigurationError(f"allow_unsigned must be a bool, not {self.allow_unsigned!r}")
+        header: object = self.signature_header
+        if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
+            raise ConfigurationError(
+                f"signature_header must be an HTTP header name, not {self.signature_header!r}"
+            )
         if self.body_timeout is not None:
             _positive_duration(self.body_timeout, "body_timeout", or_none=True)
         if self.max_unverified_bytes is not None:
@@ -156,6 +166,10 @@ class ReceiverOptions:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type] # names checked above
 
 
+#: An HTTP header name (RFC 9110 token characters).
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
 def _positive_int(value: object, name: str, unit: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigurationError(f"{name} must be a positive int ({unit}), not {value!r}")
@@ -170,7 +184,14 @@ def _positive_duration(value: object, name: str, *, or_none: bool = False) -> No
 _FIELDS: Final = frozenset(item.name for item in dataclasses.fields(ReceiverOptions))
 #: The options of a front door that only reads and verifies (middleware, FastAPI dependency).
 READER_OPTIONS: Final = frozenset(
-    {"max_body_bytes", "allow_unsigned", "body_timeout", "max_unverified_bytes", "clock"}
+    {
+        "max_body_bytes",
+        "allow_unsigned",
+        "signature_header",
+        "body_timeout",
+        "max_unverified_bytes",
+        "clock",
+    }
 )
 
 
@@ -195,6 +216,7 @@ class ReaderArgs(TypedDict, total=False):
 
     max_body_bytes: int
     allow_unsigned: bool
+    signature_header: str
     body_timeout: timedelta | None
     max_unverified_bytes: int | None
     clock: Callable[[], datetime]

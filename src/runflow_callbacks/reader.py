@@ -13,6 +13,7 @@ ASGI ``receive``, and :func:`accept` adds the method check and the answer to a r
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import sys
 import weakref
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 from runflow_callbacks._log import header_request_id, log_rejection
 from runflow_callbacks.answers import rejection, send_answer, send_method_not_allowed
 from runflow_callbacks.context import STATE_KEY, CallbackContext
+from runflow_callbacks.defaults import DEFAULT_SIGNATURE_HEADER
 from runflow_callbacks.errors import (
     ClientDisconnectedError,
     InvalidPayloadError,
@@ -55,6 +57,12 @@ _KEPT_HEADERS: Final = {
     b"user-agent": "User-Agent",
 }
 _MAX_LENGTH_DIGITS: Final = 18
+
+
+@functools.lru_cache(maxsize=16)
+def _lowered(header: str) -> bytes:
+    """A configured signature header's name as ASGI servers send it."""
+    return header.lower().encode("latin-1")
 
 
 class UnverifiedBudget:
@@ -121,16 +129,21 @@ class CallbackReader:
         headers: dict[str, str] = {}
         signature: str | None = None
         content_length: bytes | None = None
+        signature_name = options.signature_header
+        signature_key = (
+            _SIGNATURE if signature_name == DEFAULT_SIGNATURE_HEADER else _lowered(signature_name)
+        )
         for name, value in raw_headers:
             lowered = name.lower()
+            if lowered == signature_key:
+                if signature is not None:
+                    raise MalformedSignatureError("multiple", length=0)
+                signature = value.decode("latin-1")
+                headers[_KEPT_HEADERS.get(lowered, signature_name)] = signature
+                continue
             kept = _KEPT_HEADERS.get(lowered)
             if kept is not None:
-                text = value.decode("latin-1")
-                if lowered == _SIGNATURE:
-                    if signature is not None:
-                        raise MalformedSignatureError("multiple", length=0)
-                    signature = text
-                headers[kept] = text
+                headers[kept] = value.decode("latin-1")
             elif lowered == _CONTENT_LENGTH:
                 if content_length is not None and content_length != value:
                     raise InvalidPayloadError("conflicting Content-Length headers")

@@ -19,13 +19,22 @@ Without a processor (``processor=None``) the payloads are only recorded in ``sto
 inbox worker (``runflow-callbacks serve --inbox``) picks them up. The handler receives the same
 :class:`~runflow_callbacks.context.CallbackContext` as for a delivery, with
 ``source="reconcile"`` and ``signed`` False (the bytes were not verified again).
+
+:func:`reconcile_webhooks` does the same from the deliveries of Runflow's org-level webhooks
+(spec section 9) created since a time. Those keep the payload as a parsed object, not the bytes
+that were sent, so the body is *rebuilt*: written again the way Runflow writes payloads
+(:func:`~runflow_callbacks.wire.dumps_payload`). It says so everywhere it goes: the report's
+items carry ``rebuilt=True``, the log line says "body rebuilt", and the recorded headers carry
+``Runflow-Callbacks-Body: rebuilt`` next to ``Runflow-Webhook-Id`` and
+``Runflow-Webhook-Delivery-Id``. Deliveries of one callback (several webhooks, or a
+redelivery) share one idempotency key: the newest one's payload is used, once.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from runflow_callbacks._log import printable
 from runflow_callbacks.context import CallbackContext
@@ -41,8 +50,20 @@ if TYPE_CHECKING:
     from runflow_callbacks.client import AsyncRunflowClient
     from runflow_callbacks.keys import KeyFunction
     from runflow_callbacks.stores import CallbackStore
+    from runflow_callbacks.webhooks import WebhookDelivery
 
-__all__ = ["ReconcileItem", "ReconcileReport", "reconcile"]
+__all__ = [
+    "REBUILT_BODY_HEADER",
+    "ItemKind",
+    "ReconcileItem",
+    "ReconcileReport",
+    "reconcile",
+    "reconcile_webhooks",
+]
+
+#: The header recorded with a callback whose body reconciliation rebuilt from a parsed payload
+#: (value ``rebuilt``): those bytes are not the ones Runflow sent.
+REBUILT_BODY_HEADER: Final = "Runflow-Callbacks-Body"
 
 logger = logging.getLogger("runflow_callbacks.reconcile")
 
@@ -60,6 +81,12 @@ ItemStatus = Literal[
 ]
 
 
+ItemKind = Literal["batch", "run", "webhook", "webhook_delivery"]
+"""What a :class:`ReconcileItem` is about: a batch or run (``subject_id`` is its id), a
+webhook whose deliveries could not be read (``subject_id``: the webhook id or ``any``), or a
+webhook delivery whose payload is no batch or run callback (``subject_id``: the delivery id)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReconcileItem:
     """What reconciliation did for one batch or run.
@@ -70,13 +97,19 @@ class ReconcileItem:
     ``failed``/``dead`` (the handler raised; the error is in the store), ``invalid`` (the
     stored bytes are not a callback payload), ``no_payload`` (no delivery with bytes yet) or
     ``api_error`` (the history could not be read; ``detail`` says why).
+
+    An item from :func:`reconcile_webhooks` names the ``webhook_id`` and ``delivery_id`` it
+    came from, and ``rebuilt`` is True when its body was rebuilt from the parsed payload.
     """
 
-    kind: Literal["batch", "run"]
+    kind: ItemKind
     subject_id: str
     status: ItemStatus
     key: str | None = None
     detail: str | None = None
+    webhook_id: str | None = None
+    delivery_id: str | None = None
+    rebuilt: bool = False
 
 
 @dataclass(slots=True)
@@ -106,19 +139,20 @@ class ReconcileReport:
         counts: dict[str, int] = {}
         for item in self.items:
             counts[item.status] = counts.get(item.status, 0) + 1
-        return {
-            "counts": counts,
-            "items": [
-                {
-                    "kind": item.kind,
-                    "subject_id": item.subject_id,
-                    "status": item.status,
-                    "key": item.key,
-                    "detail": item.detail,
-                }
-                for item in self.items
-            ],
-        }
+        return {"counts": counts, "items": [_item_json(item) for item in self.items]}
+
+
+def _item_json(item: ReconcileItem) -> dict[str, object]:
+    data: dict[str, object] = {
+        "kind": item.kind,
+        "subject_id": item.subject_id,
+        "status": item.status,
+        "key": item.key,
+        "detail": item.detail,
+    }
+    if item.kind in {"webhook", "webhook_delivery"} or item.delivery_id is not None:
+        data.update(webhook_id=item.webhook_id, delivery_id=item.delivery_id, rebuilt=item.rebuilt)
+    return data
 
 
 _OUTCOME_STATUS: dict[str, ItemStatus] = {
@@ -149,21 +183,7 @@ async def reconcile(
     and ``clock`` then default to the receiver's defaults). Raises
     :class:`~runflow_callbacks.errors.ConfigurationError` for an impossible call.
     """
-    if processor is None:
-        if store is None:
-            raise ConfigurationError("reconcile() needs a processor, or a store to record into")
-        changes: dict[str, object] = {"mode": "inbox"}
-        if key is not None:
-            changes["key"] = key
-        if clock is not None:
-            changes["clock"] = clock
-        recorder = CallbackProcessor(store, options=ReceiverOptions().replace(**changes))
-    elif key is not None or clock is not None:
-        raise ConfigurationError(
-            "reconcile() uses the processor's key function and clock: give them to the processor"
-        )
-    else:
-        recorder = processor
+    recorder = _recorder(processor, store, key, clock, who="reconcile()")
     report = ReconcileReport()
     subjects: list[tuple[Literal["batch", "run"], str]] = [
         *(("batch", str(subject)) for subject in batch_ids),
@@ -180,6 +200,31 @@ async def reconcile(
         )
         report.items.append(item)
     return report
+
+
+def _recorder(
+    processor: CallbackProcessor | None,
+    store: CallbackStore | None,
+    key: KeyFunction | None,
+    clock: Callable[[], datetime] | None,
+    *,
+    who: str,
+) -> CallbackProcessor:
+    """The processor that records (and, given one, runs) what reconciliation finds."""
+    if processor is None:
+        if store is None:
+            raise ConfigurationError(f"{who} needs a processor, or a store to record into")
+        changes: dict[str, object] = {"mode": "inbox"}
+        if key is not None:
+            changes["key"] = key
+        if clock is not None:
+            changes["clock"] = clock
+        return CallbackProcessor(store, options=ReceiverOptions().replace(**changes))
+    if key is not None or clock is not None:
+        raise ConfigurationError(
+            f"{who} uses the processor's key function and clock: give them to the processor"
+        )
+    return processor
 
 
 async def _history(
@@ -241,4 +286,166 @@ async def _reconcile_one(
     detail = None if outcome.error is None else type(outcome.error).__name__
     return ReconcileItem(
         kind, subject_id, _OUTCOME_STATUS[outcome.status], key=outcome.key, detail=detail
+    )
+
+
+# --- org-level webhooks ------------------------------------------------------------------
+
+
+async def reconcile_webhooks(
+    client: AsyncRunflowClient,
+    processor: CallbackProcessor | None,
+    *,
+    since: datetime,
+    webhook_ids: Iterable[str] = ("any",),
+    store: CallbackStore | None = None,
+    clock: Callable[[], datetime] | None = None,
+    key: KeyFunction | None = None,
+) -> ReconcileReport:
+    """Process every payload delivered to webhooks since ``since`` not yet processed.
+
+    Reads the deliveries of each of ``webhook_ids`` (``"any"``, the default, spans all the
+    organization's webhooks) created at or after ``since`` (timezone-aware) and handles them
+    like :func:`reconcile` (the same ``processor``/``store``/``key``/``clock`` rules), except
+    that each body is rebuilt from the delivery's parsed ``payload`` (see the module
+    docstring). One item per callback (per idempotency key: the newest delivery counts), one
+    ``no_payload`` or ``invalid`` item per delivery that cannot be used, and one
+    ``api_error`` item per webhook id whose deliveries could not be read.
+
+    A key function that reads the body (rather than the payload) sees the rebuilt bytes,
+    which may differ from the bytes the receiver got: with such a function (or the default
+    one, for a payload without an id or an event, which it keys by the body's SHA-256), a
+    callback the receiver did get could be run again.
+    """
+    recorder = _recorder(processor, store, key, clock, who="reconcile_webhooks()")
+    if since.utcoffset() is None:
+        raise ConfigurationError("since= must be a timezone-aware datetime")
+    report = ReconcileReport()
+    for webhook_id in webhook_ids:
+        for item in await _reconcile_webhook(
+            client, recorder, str(webhook_id), since, run=processor is not None
+        ):
+            _log_webhook_item(item)
+            report.items.append(item)
+    return report
+
+
+def _log_webhook_item(item: ReconcileItem) -> None:
+    rebuilt = " (body rebuilt from the parsed payload, not the bytes received)"
+    logger.info(
+        "reconcile %s %s from webhook %s delivery %s: %s%s%s",
+        item.kind,
+        printable(item.subject_id),
+        printable(item.webhook_id or "-"),
+        printable(item.delivery_id or "-"),
+        item.status,
+        f" ({printable(item.detail)})" if item.detail else "",
+        rebuilt if item.rebuilt else "",
+    )
+
+
+async def _reconcile_webhook(
+    client: AsyncRunflowClient,
+    processor: CallbackProcessor,
+    webhook_id: str,
+    since: datetime,
+    *,
+    run: bool,
+) -> list[ReconcileItem]:
+    try:
+        deliveries = await client.list_webhook_deliveries(webhook_id, since=since)
+    except (RunflowAPIError, InvalidPayloadError, ConfigurationError) as error:
+        return [ReconcileItem("webhook", webhook_id, "api_error", detail=str(error))]
+    items: list[ReconcileItem] = []
+    # key -> (context, delivery, how many deliveries share the key), in first-seen order.
+    newest: dict[str, tuple[CallbackContext, WebhookDelivery, int]] = {}
+    # Oldest first (by creation time when known, then as listed), so the newest one wins.
+    ordered = sorted(
+        enumerate(deliveries),
+        key=lambda pair: (pair[1].created_at is not None, pair[1].created_at, pair[0]),
+    )
+    for _, delivery in ordered:
+        context_or_item = _webhook_context(processor, delivery, webhook_id)
+        if isinstance(context_or_item, ReconcileItem):
+            items.append(context_or_item)
+            continue
+        callback_key = processor.key_of(context_or_item)
+        seen = newest.get(callback_key)
+        newest[callback_key] = (context_or_item, delivery, 1 if seen is None else seen[2] + 1)
+    for context, delivery, count in newest.values():
+        if run:
+            outcome = await processor.process_reconciled(context)
+        else:
+            outcome = await processor.record(context)
+        detail = None if outcome.error is None else type(outcome.error).__name__
+        if count > 1:
+            shared = f"newest of {count} deliveries of this callback"
+            detail = shared if detail is None else f"{detail}; {shared}"
+        kind, subject = _webhook_subject(context, delivery)
+        items.append(
+            ReconcileItem(
+                kind,
+                subject,
+                _OUTCOME_STATUS[outcome.status],
+                key=outcome.key,
+                detail=detail,
+                webhook_id=_text(delivery.webhook_id) or webhook_id,
+                delivery_id=_text(delivery.id),
+                rebuilt=True,
+            )
+        )
+    return items
+
+
+def _webhook_subject(context: CallbackContext, delivery: WebhookDelivery) -> tuple[ItemKind, str]:
+    """A batch or run item names its subject; any other payload, the delivery."""
+    payload = context.payload
+    if payload.kind == "batch":
+        return "batch", str(payload.subject_id)
+    if payload.kind == "run":
+        return "run", str(payload.subject_id)
+    return "webhook_delivery", _text(delivery.id) or ""
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _webhook_context(
+    processor: CallbackProcessor, delivery: WebhookDelivery, webhook_id: str
+) -> CallbackContext | ReconcileItem:
+    """The context of a webhook delivery's rebuilt body, or the item saying why there is none."""
+    delivery_id = _text(delivery.id)
+    source = _text(delivery.webhook_id) or webhook_id
+
+    def unusable(status: ItemStatus, detail: str | None) -> ReconcileItem:
+        return ReconcileItem(
+            "webhook_delivery",
+            delivery_id or "",
+            status,
+            detail=detail,
+            webhook_id=source,
+            delivery_id=delivery_id,
+        )
+
+    body = delivery.rebuilt_body()
+    if body is None:
+        return unusable("no_payload", None)
+    try:
+        payload = parse_callback(body)
+    except InvalidPayloadError as error:
+        return unusable("invalid", str(error))
+    headers = {REBUILT_BODY_HEADER: "rebuilt", "Runflow-Webhook-Id": source}
+    if delivery_id is not None:
+        headers["Runflow-Webhook-Delivery-Id"] = delivery_id
+    return CallbackContext(
+        payload=payload,
+        body=body,
+        secret_id=None,
+        secret_label=None,
+        request_id=None,
+        headers=headers,
+        received_at=processor.clock(),
+        signed=False,
+        source="reconcile",
     )

@@ -69,7 +69,9 @@ def _keyed_mac(key: bytes) -> _crypto_hmac.HMAC:
 class Secret:
     """A callback secret, with an optional ``id`` (Runflow's secret uuid) and ``label``.
 
-    The value is used exactly as given (UTF-8 bytes, ``whsec_`` prefix included). ``repr()`` and
+    The value is used exactly as given (UTF-8 bytes, ``whsec_`` prefix included), unless
+    ``key`` gives the HMAC key bytes another way (an org-level webhook's secret, base64-decoded:
+    see :func:`runflow_callbacks.webhooks.webhook_secret`). ``repr()`` and
     ``str()`` show at most the ``whsec_`` prefix and four characters; read the value with
     :meth:`reveal` when it really must leave the object.
 
@@ -77,9 +79,16 @@ class Secret:
     Secret('whsec_0123…', label='current')
     """
 
-    __slots__ = ("_mac", "_value", "id", "label", "position")
+    __slots__ = ("_key", "_mac", "_value", "id", "label", "position")
 
-    def __init__(self, value: str, *, id: str | None = None, label: str | None = None) -> None:  # noqa: A002 - mirrors Runflow's field name
+    def __init__(
+        self,
+        value: str,
+        *,
+        id: str | None = None,  # noqa: A002 - mirrors Runflow's field name
+        label: str | None = None,
+        key: bytes | None = None,
+    ) -> None:
         if not isinstance(value, str):
             raise ConfigurationError(
                 f"a callback secret must be a str (the plain_secret Runflow returned), "
@@ -92,8 +101,12 @@ class Secret:
                 "a callback secret must not start or end with whitespace "
                 "(was it read from a file or environment variable with a trailing newline?)"
             )
+        given: object = key  # callers may be untyped
+        if given is not None and (not isinstance(given, bytes) or not given):
+            raise ConfigurationError("a secret's key must be non-empty bytes")
         self._value = value
-        self._mac = _keyed_mac(value.encode("utf-8"))
+        self._key = value.encode("utf-8") if key is None else key
+        self._mac = _keyed_mac(self._key)
         self.id = id
         self.label = label
         #: Index of this secret in the list it was configured in (set by ``normalize_secrets``).
@@ -117,6 +130,7 @@ class Secret:
             return self
         clone = Secret.__new__(Secret)
         clone._value = self._value
+        clone._key = self._key
         clone._mac = self._mac
         clone.id = self.id
         clone.label = self.label
@@ -136,8 +150,10 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Secret):
             return NotImplemented
-        return _std_hmac.compare_digest(self._value.encode(), other._value.encode()) and (
-            self.id == other.id
+        return (
+            _std_hmac.compare_digest(self._value.encode(), other._value.encode())
+            and _std_hmac.compare_digest(self._key, other._key)
+            and self.id == other.id
         )
 
     def __hash__(self) -> int:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 from runflow_callbacks._log import log_outcome, log_rejection
 from runflow_callbacks.answers import METHOD_NOT_ALLOWED, rejection
 from runflow_callbacks.context import CallbackContext
-from runflow_callbacks.defaults import DEFAULT_CALLBACK_PATH
+from runflow_callbacks.defaults import DEFAULT_CALLBACK_PATH, DEFAULT_SIGNATURE_HEADER
 from runflow_callbacks.errors import (
     ClientDisconnectedError,
     ConfigurationError,
@@ -74,7 +74,6 @@ ENVIRON_KEY: Final = "runflow_callbacks.callback"
 #: The most bytes asked of ``wsgi.input`` in one read.
 CHUNK_BYTES: Final = 64 * 1024
 
-_SIGNATURE_KEY: Final = "HTTP_RUNFLOW_SIGNATURE"
 _UNPREFIXED: Final = {"CONTENT_LENGTH": b"content-length", "CONTENT_TYPE": b"content-type"}
 
 
@@ -128,15 +127,19 @@ _CLIENT_LEFT: Final = Answer.of(
 )
 
 
-def environ_headers(environ: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+def environ_headers(
+    environ: Mapping[str, Any], *, signature_header: str = DEFAULT_SIGNATURE_HEADER
+) -> list[tuple[bytes, bytes]]:
     """The request headers of a WSGI environ (or Django's ``request.META``) as the reader
     takes them: lowercase names and latin-1 values, as bytes.
 
     Servers join a repeated header with commas; a 64-digit signature never holds one, so a
-    joined ``Runflow-Signature`` is split back and rejected as sent more than once. An empty
+    joined ``Runflow-Signature`` (or ``signature_header``) is split back and rejected as sent
+    more than once. An empty
     ``CONTENT_LENGTH`` (some servers' way of saying none) is no header.
     """
     headers: list[tuple[bytes, bytes]] = []
+    signature_key = "HTTP_" + signature_header.upper().replace("-", "_")
     for key, value in environ.items():
         if not isinstance(value, str):
             continue
@@ -146,7 +149,7 @@ def environ_headers(environ: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
             name = _UNPREFIXED[key]
         else:
             continue
-        if key == _SIGNATURE_KEY and "," in value:
+        if key == signature_key and "," in value:
             headers += [(name, part.encode("latin-1", "replace")) for part in value.split(",")]
         else:
             headers.append((name, value.encode("latin-1", "replace")))
@@ -247,7 +250,7 @@ class EnvironFrontDoor(ReaderView):
         budget = self.budget
         reader: CallbackReader | None = None
         try:
-            headers = environ_headers(environ)
+            headers = environ_headers(environ, signature_header=self.options.signature_header)
             if budget is None:
                 reader = CallbackReader(headers, verifier=self.verifier, options=self.options)
             else:

@@ -142,6 +142,13 @@ def _backoff(text: str) -> ExponentialBackoff:
     return ExponentialBackoff(base=first, cap=last, jitter=0.1)
 
 
+def _header_name(text: str) -> str:
+    name = text.strip()
+    if not name or any(not (c.isascii() and (c.isalnum() or c in "!#$%&'*+.^_`|~-")) for c in name):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an HTTP header name")
+    return name
+
+
 def _spec(text: str) -> str:
     if ":" not in text:
         raise argparse.ArgumentTypeError(f"{text!r} is not MODULE:FUNCTION")
@@ -163,6 +170,14 @@ _FLAGS: Final[dict[str, tuple[str, Callable[[str], Any], str | None, str, str]]]
         None,
         "off",
         "accept callbacks without Runflow-Signature (an org without a callback secret)",
+    ),
+    "signature_header": (
+        "--signature-header",
+        _header_name,
+        "NAME",
+        "Runflow-Signature",
+        "the header carrying the signature (org-level webhooks: undocumented; assumed "
+        "Runflow-Signature)",
     ),
     "body_timeout": (
         "--body-timeout",

@@ -3,10 +3,14 @@
 ::
 
     runflow-callbacks reconcile --batch 0190f2a4-... --handler app:handle
+    runflow-callbacks reconcile --webhook any --since 2h --handler app:handle
 
 Reads the history of each ``--batch`` and ``--run`` from the Runflow API (options as for
-``history``) and processes, in the store of ``--store``, every delivered payload the store has
-not processed yet; without ``--handler`` they are recorded for a ``serve --inbox`` worker.
+``history``), and the deliveries of each ``--webhook`` (an id, or ``any`` for all of them)
+created since ``--since``, and processes, in the store of ``--store``, every delivered payload
+the store has not processed yet; without ``--handler`` they are recorded for a
+``serve --inbox`` worker. A webhook delivery keeps no bytes, so its body is rebuilt from the
+parsed payload, and the report says so (``rebuilt``).
 Unlike ``inbox``, it creates a store that does not exist yet: recovering into a new store is
 what it is for. :func:`format_report` is what it prints (ids and details escaped).
 """
@@ -26,6 +30,7 @@ from runflow_callbacks.cli._common import (
     run_with_store,
     shown,
 )
+from runflow_callbacks.cli._options import moment
 from runflow_callbacks.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -43,9 +48,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "reconcile",
         help="recover missed callbacks from Runflow's delivery history",
         description=(
-            "Read the delivery history of each batch and run and process every delivered "
-            "payload the store has not processed yet (marked as reconciled). Without "
-            "--handler the payloads are recorded for a 'serve --inbox' worker."
+            "Read the delivery history of each batch and run, and the deliveries of each "
+            "org-level webhook since a time, and process every delivered payload the store "
+            "has not processed yet (marked as reconciled). Without --handler the payloads are "
+            "recorded for a 'serve --inbox' worker. Webhook deliveries keep no bytes: their "
+            "bodies are rebuilt from the parsed payload (the report says 'rebuilt')."
         ),
     )
     parser.add_argument(
@@ -53,6 +60,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--run", dest="runs", action="append", default=[], metavar="ID", help="a run id"
+    )
+    parser.add_argument(
+        "--webhook",
+        dest="webhooks",
+        action="append",
+        default=[],
+        metavar="ID|any",
+        help="recover from the deliveries of this webhook ('any': of every webhook); needs --since",
+    )
+    parser.add_argument(
+        "--since",
+        type=moment,
+        metavar="TIME",
+        help="with --webhook: the deliveries created since then, ISO 8601 "
+        "(2026-12-01T10:00:00Z; UTC without a zone) or a duration ago (2h, 7d)",
     )
     add_store_options(parser)
     add_handler_option(parser, what="run it now for what was missed")
@@ -63,20 +85,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_reconcile(args: argparse.Namespace) -> int:
     """Recover missed callbacks; exit 1 when any could not be processed."""
-    if not args.batches and not args.runs:
-        raise ConfigurationError("name at least one --batch or --run to reconcile")
+    if not args.batches and not args.runs and not args.webhooks:
+        raise ConfigurationError(
+            "name at least one --batch or --run (or --webhook with --since) to reconcile"
+        )
+    if args.webhooks and args.since is None:
+        raise ConfigurationError("--webhook needs --since (2h, 7d, or an ISO 8601 time)")
+    if args.since is not None and not args.webhooks:
+        raise ConfigurationError("--since applies to --webhook only")
     handler = handler_from_args(args)
-    from runflow_callbacks.reconcile import reconcile  # noqa: PLC0415 - httpx and pydantic
+    from runflow_callbacks.reconcile import (  # noqa: PLC0415 - httpx and pydantic
+        reconcile,
+        reconcile_webhooks,
+    )
 
     async def action(store: CallbackStore) -> ReconcileReport:
+        processor = processor_for(store, handler)
         async with async_client_from_args(args) as client:
-            return await reconcile(
-                client,
-                processor_for(store, handler),
-                store=store,
-                batch_ids=args.batches,
-                run_ids=args.runs,
+            report = await reconcile(
+                client, processor, store=store, batch_ids=args.batches, run_ids=args.runs
             )
+            if args.webhooks:
+                webhooks = await reconcile_webhooks(
+                    client, processor, store=store, since=args.since, webhook_ids=args.webhooks
+                )
+                report.items.extend(webhooks.items)
+            return report
 
     report = run_with_store(args, action)
     if args.json:
@@ -94,8 +128,15 @@ def format_report(report: ReconcileReport) -> str:
     """
     lines = []
     for item in report.items:
-        detail = f" ({shown(item.detail)})" if item.detail else ""
-        lines.append(f"{item.kind} {shown(item.subject_id)}: {item.status}{detail}")
+        notes = [shown(item.detail)] if item.detail else []
+        if item.delivery_id is not None:
+            origin = "body rebuilt from" if item.rebuilt else "from"
+            notes.append(
+                f"{origin} webhook {shown(item.webhook_id)} delivery {shown(item.delivery_id)}"
+            )
+        kind = item.kind.replace("_", " ")
+        detail = f" ({'; '.join(notes)})" if notes else ""
+        lines.append(f"{kind} {shown(item.subject_id)}: {item.status}{detail}")
     counts = report.to_json()["counts"]
     assert isinstance(counts, dict)  # to_json() is typed for JSON, not per key
     lines.append(", ".join(f"{count} {status}" for status, count in counts.items()) or "nothing")

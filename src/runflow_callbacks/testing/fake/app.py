@@ -13,14 +13,16 @@ Runflow API (``Authorization: Bearer <api key>``; an ``X-Organization-Id`` heade
 must be the fake's ``org_id`` or the answer is 403; errors as ``{code, message, errors}``):
 ``GET /v1/{batches|runs}/{id}/callback``,
 ``POST /v1/{batches|runs}/{id}/callback-redeliveries``, ``POST``/``GET`` ``/v1/callback-secrets``,
-``GET``/``PATCH``/``DELETE`` ``/v1/callback-secrets/{id}``.
+``GET``/``PATCH``/``DELETE`` ``/v1/callback-secrets/{id}``, and the org-level webhooks of
+:mod:`runflow_callbacks.testing.fake.webhook_api` (``/v1/webhooks``...). A finished run or
+batch created through ``/_fake`` is delivered to its ``callback_url`` and, as a webhook event,
+to every webhook subscribed to its event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
 import uuid
 from collections import deque
@@ -34,14 +36,24 @@ from starlette.routing import Route
 
 from runflow_callbacks.errors import ConfigurationError
 from runflow_callbacks.testing.factories import PayloadFactory
+from runflow_callbacks.testing.fake._http import (
+    AnswerError,
+    error,
+    json_object,
+    optional_str,
+    validation,
+)
 from runflow_callbacks.testing.fake.engine import (
     DEFAULT_ATTEMPT_TIMEOUT_S,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RETRY_DELAYS_S,
     DeliveryEngine,
+    WebhookSigningKey,
     utc_now,
 )
 from runflow_callbacks.testing.fake.state import FakeState, Kind, Subject
+from runflow_callbacks.testing.fake.webhook_api import Paging, WebhookAPI
+from runflow_callbacks.verifier import SIGNATURE_HEADER
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -58,51 +70,6 @@ DEFAULT_API_KEY: Final = "rf_test_api_key"
 _PLURAL: Final[dict[Kind, str]] = {"batch": "batches", "run": "runs"}
 
 
-def error(
-    status: int, code: str, message: str, errors: list[dict[str, Any]] | None = None
-) -> JSONResponse:
-    """Runflow's error answer ``{code, message, errors}``."""
-    return JSONResponse({"code": code, "message": message, "errors": errors or []}, status)
-
-
-def _validation(message: str, *, error_type: str, field: str | None = None) -> JSONResponse:
-    return error(
-        422,
-        "validation_error",
-        message,
-        [{"error_type": error_type, "field": field, "message": message}],
-    )
-
-
-class _AnswerError(Exception):
-    def __init__(self, response: JSONResponse) -> None:
-        self.response = response
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-async def _json_object(request: Request, *, required: bool = True) -> dict[str, Any]:
-    body = await request.body()
-    if not body.strip() and not required:
-        return {}
-    try:
-        data = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise _AnswerError(error(400, "bad_request", "the request body is not JSON")) from None
-    if not isinstance(data, dict):
-        raise _AnswerError(error(400, "bad_request", "the request body must be a JSON object"))
-    return data
-
-
-def _optional_str(data: dict[str, Any], name: str) -> str | None:
-    value = data.get(name)
-    if value is not None and not isinstance(value, str):
-        raise _AnswerError(_validation(f"{name} must be a string", error_type="type", field=name))
-    return value
-
-
 class FakeRunflow:
     """A fake Runflow that delivers callbacks like the real one and serves its API subset.
 
@@ -114,6 +81,12 @@ class FakeRunflow:
     secret is created through the API). ``retry_delays_s``, ``max_attempts`` and
     ``attempt_timeout_s`` shape the retries (see :class:`DeliveryEngine`); ``clock``,
     ``sleep``, ``seed`` and ``transport`` make time, randomness and HTTP injectable.
+
+    Webhook deliveries are signed with each webhook's secret: ``webhook_signature_header``
+    names the header and ``webhook_signing_key`` says how the secret keys the HMAC (``raw``,
+    ``without_prefix``, ``base64``; see :mod:`~runflow_callbacks.testing.fake.engine`).
+    ``webhook_paging`` (``links`` or ``pq``) and ``webhook_page_size`` shape the webhook API's
+    lists (see :mod:`~runflow_callbacks.testing.fake.webhook_api`).
     """
 
     def __init__(
@@ -128,6 +101,10 @@ class FakeRunflow:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         seed: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        webhook_signature_header: str = SIGNATURE_HEADER,
+        webhook_signing_key: WebhookSigningKey = "raw",
+        webhook_paging: Paging = "links",
+        webhook_page_size: int = 100,
     ) -> None:
         if not api_key:
             raise ConfigurationError("the fake Runflow needs a non-empty api_key")
@@ -146,6 +123,15 @@ class FakeRunflow:
             clock=clock,
             sleep=sleep,
             transport=transport,
+            webhook_signature_header=webhook_signature_header,
+            webhook_signing_key=webhook_signing_key,
+        )
+        self.webhooks = WebhookAPI(
+            self.state,
+            self.engine,
+            clock=clock,
+            paging=webhook_paging,
+            page_size=webhook_page_size,
         )
         self.payloads = PayloadFactory(clock=clock, seed=seed)
         self._faults_lock = threading.Lock()
@@ -222,7 +208,7 @@ class FakeRunflow:
                 return error(403, "forbidden", "the API key has no access to that organization")
             try:
                 return await handler(request)
-            except _AnswerError as exc:
+            except AnswerError as exc:
                 return exc.response
 
         return endpoint
@@ -234,7 +220,7 @@ class FakeRunflow:
         async def endpoint(request: Request) -> Response:
             try:
                 return await handler(request)
-            except _AnswerError as exc:
+            except AnswerError as exc:
                 return exc.response
 
         return endpoint
@@ -264,48 +250,48 @@ class FakeRunflow:
                     methods=["POST"],
                 ),
             ]
-        return routes
+        return routes + self.webhooks.routes(self._api)
 
     # --- test-only endpoints ---------------------------------------------------------------
 
     async def _faults_endpoint(self, request: Request) -> Response:
-        data = await _json_object(request)
+        data = await json_object(request)
         count, status = data.get("count", 1), data.get("status", 503)
         if not isinstance(count, int) or not isinstance(status, int):
-            return _validation("count and status must be integers", error_type="type")
+            return validation("count and status must be integers", error_type="type")
         try:
             self.fail_next_api_calls(count, status=status)
         except ConfigurationError as exc:
-            return _validation(str(exc), error_type="value")
+            return validation(str(exc), error_type="value")
         return JSONResponse({"count": count, "status": status}, 201)
 
     def _creator(self, kind: Kind) -> Callable[[Request], Awaitable[Response]]:
         async def create(request: Request) -> Response:
-            data = await _json_object(request)
-            callback_url = _optional_str(data, "callback_url")
+            data = await json_object(request)
+            callback_url = optional_str(data, "callback_url")
             if callback_url is not None and not callback_url.startswith(("http://", "https://")):
-                return _validation(
+                return validation(
                     "callback_url must be an http(s) URL", error_type="value", field="callback_url"
                 )
             options: dict[str, Any] = {"metadata": data.get("metadata")}
             for name in ("event", "status"):
-                options[name] = _optional_str(data, name)
-            subject_id = _optional_str(data, "id")
+                options[name] = optional_str(data, name)
+            subject_id = optional_str(data, "id")
             if subject_id is not None:
                 try:
                     options[f"{kind}_id"] = uuid.UUID(subject_id)
                 except ValueError:
-                    return _validation("id must be a UUID", error_type="value", field="id")
+                    return validation("id must be a UUID", error_type="value", field="id")
             if "output" in data:
                 options["output"] = self._output(kind, data["output"])
             try:
                 build = self.payloads.batch if kind == "batch" else self.payloads.run
                 payload = build(**options).model_dump(mode="python", exclude_unset=True)
             except ConfigurationError as exc:
-                return _validation(str(exc), error_type="value")
+                return validation(str(exc), error_type="value")
             except ValidationError as exc:
                 where = ".".join(str(part) for part in exc.errors()[0]["loc"])
-                return _validation(f"invalid {kind} field {where}", error_type="value")
+                return validation(f"invalid {kind} field {where}", error_type="value")
             subject = Subject(
                 kind=kind,
                 id=uuid.UUID(str(payload[f"{kind}_id"])),
@@ -317,6 +303,7 @@ class FakeRunflow:
             self.state.subjects[(kind, subject.id)] = subject
             if callback_url is not None:
                 self.engine.start(subject, is_automatic=True)
+            self.webhooks.deliver(subject)
             return JSONResponse(subject.to_json(), 201)
 
         return create
@@ -336,7 +323,7 @@ class FakeRunflow:
     def _subject_or_404(self, kind: Kind, request: Request) -> Subject:
         subject = self.state.subject(kind, request.path_params["subject_id"])
         if subject is None:
-            raise _AnswerError(error(404, "not_found", f"{kind} not found"))
+            raise AnswerError(error(404, "not_found", f"{kind} not found"))
         return subject
 
     def _history(self, kind: Kind) -> Callable[[Request], Awaitable[Response]]:
@@ -350,13 +337,13 @@ class FakeRunflow:
         async def redeliver(request: Request) -> Response:
             subject = self._subject_or_404(kind, request)
             if subject.callback_url is None:
-                return _validation(
+                return validation(
                     f"the {kind} has no callback_url",
                     error_type="missing_callback_url",
                     field="callback_url",
                 )
             if subject.in_flight() is not None:
-                return _validation(
+                return validation(
                     f"a callback delivery is already in flight for this {kind}",
                     error_type="conflict",
                 )
@@ -368,8 +355,8 @@ class FakeRunflow:
     # --- callback secrets -------------------------------------------------------------------
 
     async def _create_secret(self, request: Request) -> Response:
-        data = await _json_object(request, required=False)
-        record = self.state.add_secret(now=self.clock(), label=_optional_str(data, "label"))
+        data = await json_object(request, required=False)
+        record = self.state.add_secret(now=self.clock(), label=optional_str(data, "label"))
         return JSONResponse(record.to_json(reveal=True), 201)
 
     async def _list_secrets(self, _request: Request) -> Response:
@@ -387,14 +374,14 @@ class FakeRunflow:
             del self.state.secrets[record.id]
             return Response(status_code=204)
         if request.method == "PATCH":
-            data = await _json_object(request)
+            data = await json_object(request)
             now = self.clock()
             if "label" in data:
-                record.label = _optional_str(data, "label")
+                record.label = optional_str(data, "label")
                 record.updated_at = now
             if "is_current" in data:
                 if not isinstance(data["is_current"], bool):
-                    return _validation(
+                    return validation(
                         "is_current must be a boolean", error_type="type", field="is_current"
                     )
                 if data["is_current"]:

@@ -6,16 +6,27 @@ A delivery is signed once, when it is created, with the organization's current c
 the next one follows after ``retry_delays_s[n - 1]`` seconds (the last delay doubles for
 attempts past the end of the list) until ``max_attempts`` is reached. ``on_attempt``, when
 set, is told of every attempt once it ended (``fake-runflow`` prints a line for each).
+
+Webhook deliveries (:meth:`DeliveryEngine.start_webhook`) follow the same schedule and states.
+Each is signed once with its webhook's own secret, the way this project assumes Runflow does
+(undocumented, spec section 9): ``webhook_signature_header`` (default ``Runflow-Signature``)
+carries the HMAC-SHA256 hex of the body, keyed by ``webhook_signing_key``: ``raw`` (the whole
+secret string as UTF-8, as for callbacks; the default), ``without_prefix`` (the string after
+``whsec_``) or ``base64`` (the rest base64-decoded, as Standard Webhooks does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
 import logging
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import httpx
 
@@ -25,13 +36,20 @@ from runflow_callbacks.defaults import (
     FAKE_RETRY_DELAYS_S,
 )
 from runflow_callbacks.errors import ConfigurationError
-from runflow_callbacks.testing.fake.state import Attempt, Delivery, FakeState, Subject
+from runflow_callbacks.testing.fake.state import (
+    Attempt,
+    Delivery,
+    FakeState,
+    Subject,
+    WebhookDeliveryRecord,
+    WebhookRecord,
+)
 from runflow_callbacks.testing.requests import REQUEST_ID_HEADER
 from runflow_callbacks.verifier import SIGNATURE_HEADER, sign
 from runflow_callbacks.wire import dumps_payload
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     #: Told of each attempt that ended, with its delivery (see :class:`DeliveryEngine`).
     AttemptListener = Callable[[Delivery, Attempt], object]
@@ -40,8 +58,15 @@ __all__ = [
     "DEFAULT_ATTEMPT_TIMEOUT_S",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_RETRY_DELAYS_S",
+    "WEBHOOK_SIGNING_KEYS",
     "DeliveryEngine",
+    "WebhookSigningKey",
+    "webhook_signing_key_bytes",
 ]
+
+WebhookSigningKey: TypeAlias = Literal["raw", "without_prefix", "base64"]
+"""How the fake turns a webhook's secret into the HMAC key (see the module docstring)."""
+WEBHOOK_SIGNING_KEYS: Final[tuple[WebhookSigningKey, ...]] = ("raw", "without_prefix", "base64")
 
 #: Our choice of schedule (Runflow documents "exponential" without numbers): 1, 2, 4, 8 s.
 #: These three live in :mod:`runflow_callbacks.defaults`, where the command line reads them.
@@ -52,6 +77,23 @@ DEFAULT_ATTEMPT_TIMEOUT_S: Final = FAKE_ATTEMPT_TIMEOUT_S
 MAX_RESPONSE_BODY_CHARS: Final = 2048
 
 _logger = logging.getLogger(__name__)
+
+
+def webhook_signing_key_bytes(secret: str, mode: WebhookSigningKey) -> bytes:
+    """The HMAC key of a webhook secret under ``mode``; ConfigurationError when it has none."""
+    if mode == "raw":
+        return secret.encode("utf-8")
+    if not secret.startswith("whsec_"):
+        raise ConfigurationError(f"a webhook secret must start with whsec_ for {mode!r} keys")
+    rest = secret.removeprefix("whsec_")
+    if mode == "without_prefix":
+        return rest.encode("utf-8")
+    try:
+        return base64.b64decode(rest, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigurationError(
+            "a webhook secret must be whsec_ and base64 for 'base64' keys"
+        ) from None
 
 
 def utc_now() -> datetime:
@@ -83,6 +125,8 @@ class DeliveryEngine:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         transport: httpx.AsyncBaseTransport | None = None,
         on_attempt: AttemptListener | None = None,
+        webhook_signature_header: str = SIGNATURE_HEADER,
+        webhook_signing_key: WebhookSigningKey = "raw",
     ) -> None:
         delays = tuple(float(delay) for delay in retry_delays_s)
         if not delays or any(delay < 0 for delay in delays):
@@ -91,6 +135,14 @@ class DeliveryEngine:
             raise ConfigurationError("max_attempts must be at least 1")
         if attempt_timeout_s <= 0:
             raise ConfigurationError("attempt_timeout_s must be positive")
+        if webhook_signing_key not in WEBHOOK_SIGNING_KEYS:
+            raise ConfigurationError(
+                f"webhook_signing_key must be one of {', '.join(WEBHOOK_SIGNING_KEYS)}"
+            )
+        if not webhook_signature_header or not webhook_signature_header.isascii():
+            raise ConfigurationError("webhook_signature_header must be a non-empty header name")
+        self.webhook_signature_header = webhook_signature_header
+        self.webhook_signing_key: WebhookSigningKey = webhook_signing_key
         self.state = state
         self.retry_delays_s = delays
         self.max_attempts = max_attempts
@@ -131,13 +183,47 @@ class DeliveryEngine:
             next_attempt_at=now,
         )
         subject.deliveries.append(delivery)
-        signature = None if secret is None else sign(body, secret.plain_secret)
+        signed = {} if secret is None else {SIGNATURE_HEADER: sign(body, secret.plain_secret)}
+        self._launch(delivery, signed)
+        return delivery
+
+    def start_webhook(self, webhook: WebhookRecord, subject: Subject) -> WebhookDeliveryRecord:
+        """Create a delivery of ``subject``'s event to ``webhook`` and start delivering it.
+
+        The body is the callback payload (the same shape, spec section 9), signed once with
+        the webhook's secret (see the module docstring).
+        """
+        now = self.clock()
+        body = dumps_payload(subject.payload)
+        event = subject.payload.get("event")
+        key = webhook_signing_key_bytes(webhook.secret, self.webhook_signing_key)
+        signature = hmac.new(key, body, hashlib.sha256).hexdigest()
+        delivery = WebhookDeliveryRecord(
+            id=uuid.uuid4(),
+            subject=subject,
+            callback_url=webhook.url,
+            payload_bytes=body,
+            signing_secret_id=None,
+            is_automatic=True,
+            max_attempts=self.max_attempts,
+            created_at=now,
+            updated_at=now,
+            next_attempt_at=now,
+            webhook=webhook,
+            event_type_code=event if isinstance(event, str) else "",
+        )
+        webhook.last_triggered_at = now
+        webhook.deliveries.append(delivery)
+        self.state.webhook_deliveries.append(delivery)
+        self._launch(delivery, {self.webhook_signature_header: signature})
+        return delivery
+
+    def _launch(self, delivery: Delivery, signed: Mapping[str, str]) -> None:
         task = asyncio.get_running_loop().create_task(
-            self._deliver(delivery, signature), name=f"runflow-delivery:{delivery.id}"
+            self._deliver(delivery, signed), name=f"runflow-delivery:{delivery.id}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return delivery
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -148,9 +234,9 @@ class DeliveryEngine:
             )
         return self._client
 
-    async def _deliver(self, delivery: Delivery, signature: str | None) -> None:
+    async def _deliver(self, delivery: Delivery, signed: Mapping[str, str]) -> None:
         for number in range(1, delivery.max_attempts + 1):
-            if await self._attempt(delivery, number, signature):
+            if await self._attempt(delivery, number, signed):
                 self._report_attempt(delivery)
                 return
             now = self.clock()
@@ -164,6 +250,7 @@ class DeliveryEngine:
             delay = self.retry_delay_s(number)
             delivery.status_code = "pending"
             delivery.next_attempt_at = now + timedelta(seconds=delay)
+            delivery.attempts[-1].next_retry_at = delivery.next_attempt_at
             delivery.updated_at = now
             self._report_attempt(delivery)
             await self.sleep(delay)
@@ -178,16 +265,18 @@ class DeliveryEngine:
         except Exception:
             _logger.exception("on_attempt failed on delivery %s; the delivery goes on", delivery.id)
 
-    async def _attempt(self, delivery: Delivery, number: int, signature: str | None) -> bool:
+    async def _attempt(self, delivery: Delivery, number: int, signed: Mapping[str, str]) -> bool:
         started = self.clock()
         attempt_id = uuid.uuid4()
-        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: str(attempt_id)}
-        if signature is not None:
-            headers[SIGNATURE_HEADER] = signature
+        headers = {
+            "Content-Type": "application/json",
+            REQUEST_ID_HEADER: str(attempt_id),
+            **signed,
+        }
         delivery.status_code = "delivering"
         delivery.next_attempt_at = None
         delivery.updated_at = started
-        attempt = Attempt(
+        attempt = delivery.attempt_type(
             id=attempt_id, delivery_id=delivery.id, attempt_number=number, created_at=started
         )
         delivery.attempts.append(attempt)

@@ -21,10 +21,11 @@ from runflow_callbacks.testing.fake.state import IN_FLIGHT_STATES
 from runflow_callbacks.testing.server import serve_in_thread
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from uuid import UUID
 
     from runflow_callbacks.models import CallbackDelivery
+    from runflow_callbacks.webhooks import WebhookDelivery
 
 __all__ = ["RunningFakeRunflow", "serve_fake_runflow"]
 
@@ -153,9 +154,65 @@ class RunningFakeRunflow:
                 )
             time.sleep(_POLL_INTERVAL_S)
 
+    def create_webhook(
+        self,
+        url: str,
+        *,
+        secret: str | None = None,
+        event_types: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """Create a webhook (through ``POST /v1/webhooks``); returns its record, ``secret``
+        included. Without ``secret`` the fake makes one; without ``event_types`` the webhook
+        takes every event type."""
+        body: dict[str, Any] = {"url": url}
+        if secret is not None:
+            body["secret"] = secret
+        if event_types is not None:
+            body["event_subscriptions"] = list(event_types)
+        response = self._http.post("/v1/webhooks", json=body)
+        if response.status_code != 201:
+            raise ConfigurationError(f"the fake Runflow refused the webhook: {response.text}")
+        record: dict[str, Any] = response.json()
+        return record
+
+    def webhook_deliveries(self, webhook_id: str | UUID = "any") -> list[WebhookDelivery]:
+        """The deliveries of one webhook (``any``: of all of them), oldest first."""
+        return self._api.list_webhook_deliveries(webhook_id)
+
+    def wait_for_webhook_deliveries(
+        self, *, webhook_id: str | UUID = "any", count: int = 1, timeout_s: float = 15.0
+    ) -> list[WebhookDelivery]:
+        """Wait until at least ``count`` webhook deliveries exist and each has finished (an
+        attempt succeeded, or the last failed with no retry due); return them all.
+
+        Raises :class:`TimeoutError` (saying where the deliveries stood) after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            deliveries = self.webhook_deliveries(webhook_id)
+            if len(deliveries) >= count and all(map(_webhook_finished, deliveries)):
+                return deliveries
+            if time.monotonic() > deadline:
+                states = [
+                    f"{len(d.attempts or [])} attempts, finished: {_webhook_finished(d)}"
+                    for d in deliveries
+                ] or ["no delivery"]
+                raise TimeoutError(
+                    f"webhook deliveries not finished after {timeout_s}s: {', '.join(states)}"
+                )
+            time.sleep(_POLL_INTERVAL_S)
+
     def fail_next_api_calls(self, count: int, *, status: int = 503) -> None:
         """Answer the next ``count`` API calls with ``status`` (default 503)."""
         self.fake.fail_next_api_calls(count, status=status)
+
+
+def _webhook_finished(delivery: WebhookDelivery) -> bool:
+    attempts = delivery.attempts or []
+    if not attempts:
+        return False
+    last = attempts[-1]
+    return last.succeeded is True or (last.succeeded is False and last.next_retry_at is None)
 
 
 @contextlib.contextmanager
