@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from runflow_callbacks.handlers import Handler
+    from runflow_callbacks.handoff import HandOff
     from runflow_callbacks.metrics import CallbackMetrics
     from runflow_callbacks.options import ReceiverArgs, ReceiverOptions
     from runflow_callbacks.senders import Sender
@@ -138,6 +139,7 @@ def create_app(
     tombstone_retention: timedelta = DEFAULT_TOMBSTONE_RETENTION,
     keep_rejected: int = 0,
     keep_rejected_bytes: int = DEFAULT_KEEP_REJECTED_BYTES,
+    hand_off: HandOff | None = None,
     options: ReceiverOptions | None = None,
     **changes: Unpack[ReceiverArgs],
 ) -> Starlette:
@@ -155,12 +157,17 @@ def create_app(
     :mod:`runflow_callbacks.retention`); ``keep_rejected=N`` keeps the last ``N`` refused
     requests in the store (see :mod:`runflow_callbacks.rejected`).
 
+    ``hand_off`` (see :mod:`runflow_callbacks.handoff`) queues a job for each recorded
+    callback instead of running ``handler``, which the queue engine's workers run.
+
     ``senders=[Sender(...), ...]`` takes callbacks of several senders, each on its own path
     with its own secrets, handler and options, instead of ``secrets`` and ``path``: a
     :class:`~runflow_callbacks.senders.CallbackRouter` on the one store (``handler``, ``inbox``
     and the options are then every sender's defaults; ``app.state.router`` is the router).
     """
     if senders is not None:
+        if hand_off is not None:
+            raise ConfigurationError("hand_off takes one sender: pass it without senders=")
         return _several(
             senders,
             secrets=secrets,
@@ -182,7 +189,13 @@ def create_app(
         raise ConfigurationError(f"the callback path must start with '/', not {path!r}")
     resolved = load_handler(handler) if isinstance(handler, str) else handler
     chosen = resolve(options, changes, who="create_app")
-    if inbox or resolved is None:
+    if hand_off is not None:
+        if inbox or chosen.mode == "inbox":
+            raise ConfigurationError(
+                "with hand_off the queue's workers run the callbacks, not an inbox"
+            )
+        resolved = None  # the workers run it: this process only records and queues
+    elif inbox or resolved is None:
         chosen = chosen.replace(mode="inbox")
     opened = _opened(store, namespace)
     counted = _metrics(metrics)
@@ -195,6 +208,7 @@ def create_app(
         metrics=counted,
         keep_rejected=keep_rejected,
         keep_rejected_bytes=keep_rejected_bytes,
+        hand_off=hand_off,
     )
     if resolved is not None:
         receiver.on_any(resolved)

@@ -107,6 +107,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "Keep it off the public path: route only the callback path to serve from outside",
     )
     _add_operation_options(serve)
+    _add_hand_off_options(serve)
     add_receiver_options(serve)
     add_server_options(serve)
     _add_sender_options(serve)
@@ -196,6 +197,90 @@ def _recording(kind: type[argparse.Action]) -> type[argparse.Action]:
     return made
 
 
+def _add_hand_off_options(serve: argparse.ArgumentParser) -> None:
+    """``--hand-off`` and what it needs, each with its variable."""
+    group = serve.add_argument_group(
+        "hand-off to a queue engine",
+        "record each callback, queue its job and answer once both hold; the handler runs in "
+        "the engine's workers (runflow_callbacks.handoff.workers)",
+    )
+    group.add_argument(
+        "--hand-off",
+        choices=["celery", "procrastinate"],
+        default=os.environ.get(ENV_PREFIX + "HAND_OFF"),
+        help="the queue engine (procrastinate: on the PostgreSQL store's database; default: "
+        f"${ENV_PREFIX}HAND_OFF, else none)",
+    )
+    group.add_argument(
+        "--broker",
+        metavar="URL",
+        default=os.environ.get(ENV_PREFIX + "BROKER"),
+        help=f"with --hand-off celery: the broker URL (default: ${ENV_PREFIX}BROKER)",
+    )
+    group.add_argument(
+        "--hand-off-task",
+        metavar="NAME",
+        default="runflow_callbacks.run_callback",
+        help="the task the workers registered (default: runflow_callbacks.run_callback)",
+    )
+    group.add_argument(
+        "--hand-off-queue", metavar="NAME", help="the queue to send jobs to (default: the engine's)"
+    )
+
+
+def _hand_off(args: argparse.Namespace) -> Any:
+    """The hand-off ``--hand-off`` asks for, or None; its settings are checked here."""
+    if args.hand_off is None:
+        if args.hand_off_queue:
+            raise ConfigurationError("--hand-off-queue needs --hand-off")
+        return None
+    if args.option_mode == "inbox":
+        raise ConfigurationError(
+            "--hand-off queues each callback: the engine's workers run it, not --inbox"
+        )
+    if getattr(args, "sender_list", None):
+        raise ConfigurationError("--hand-off takes one sender (no --config senders or --sender)")
+    if args.handler is not None:
+        from runflow_callbacks.app import load_handler  # noqa: PLC0415 - checked before serving
+
+        load_handler(args.handler)  # the workers import it: fail here, not in every job
+    if args.hand_off == "celery":
+        if not args.broker:
+            raise ConfigurationError(
+                f"--hand-off celery needs --broker URL (or ${ENV_PREFIX}BROKER)"
+            )
+        try:
+            import celery  # noqa: PLC0415 - the celery extra
+
+            from runflow_callbacks.handoff.celery import CeleryHandOff  # noqa: PLC0415
+        except ImportError:
+            raise ConfigurationError(
+                "--hand-off celery needs Celery: pip install 'runflow-callbacks[celery]'"
+            ) from None
+        app = celery.Celery("runflow-callbacks", broker=args.broker)
+        return CeleryHandOff(app, task_name=args.hand_off_task, queue=args.hand_off_queue)
+    if args.broker:
+        raise ConfigurationError("--broker is for --hand-off celery")
+    if args.store.split("://", 1)[0].lower() not in {"postgresql", "postgres"}:
+        raise ConfigurationError(
+            "--hand-off procrastinate needs the PostgreSQL store (--store postgresql://...): "
+            "the job is deferred in the transaction that records the callback"
+        )
+    try:
+        import procrastinate  # noqa: PLC0415 - the procrastinate extra
+
+        from runflow_callbacks.handoff.procrastinate import (  # noqa: PLC0415
+            ProcrastinateHandOff,
+        )
+    except ImportError:
+        raise ConfigurationError(
+            "--hand-off procrastinate needs procrastinate: "
+            "pip install 'runflow-callbacks[procrastinate]'"
+        ) from None
+    engine = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=args.store))
+    return ProcrastinateHandOff(engine, task_name=args.hand_off_task, queue=args.hand_off_queue)
+
+
 def _add_operation_options(serve: argparse.ArgumentParser) -> None:
     """Retention and kept rejected requests, each with its variable."""
     group = serve.add_argument_group("operations", f"each also read from {ENV_PREFIX}<NAME>")
@@ -275,10 +360,12 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.sender_list:
         return _serve(args, uvicorn, _several(args, args.sender_list))
     secrets = secrets_from_args(args)
+    hand_off = _hand_off(args)
     app = create_app(
         secrets=secrets,
         store=args.store,
         handler=args.handler,
+        hand_off=hand_off,
         path=args.path,
         namespace=args.namespace,
         metrics=args.metrics,
@@ -289,6 +376,8 @@ def run_serve(args: argparse.Namespace) -> int:
         **_options(args),
     )
     mode = "record only" if args.handler is None else app.state.receiver.options.mode
+    if hand_off is not None:
+        mode = f"hand-off to {args.hand_off}; workers run {args.handler or 'their handler'}"
     banner = (
         f"runflow-callbacks serve: http://{args.host}:{args.port}{args.path} "
         f"({mode}; {len(secrets)} secret(s); store {_scheme(args.store)})"
