@@ -40,14 +40,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
-from runflow_callbacks.errors import HandOffError
+from runflow_callbacks.errors import ConfigurationError, HandOffError
+from runflow_callbacks.handlers import HandlerTable
+from runflow_callbacks.options import resolve
+from runflow_callbacks.stores import open_store
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import datetime
 
+    from runflow_callbacks.handlers import Handler
+    from runflow_callbacks.options import ReceiverArgs, ReceiverOptions
     from runflow_callbacks.stores import Admission, CallbackStore, IncomingCallback, State
 
-__all__ = ["QUEUED_STATES", "HandOff", "HandOffError", "QueueHandOff"]
+__all__ = ["QUEUED_STATES", "HandOff", "HandOffError", "QueueHandOff", "worker_parts"]
 
 #: The states a (duplicate) delivery queues a job for: not yet processed, and not dead.
 QUEUED_STATES: Final[frozenset[State]] = frozenset({"received", "failed", "processing"})
@@ -87,3 +93,32 @@ class QueueHandOff:
     async def enqueue(self, key: str) -> None:
         """Queue the job of ``key``; raise :class:`HandOffError` when the engine refuses it."""
         raise NotImplementedError
+
+
+def worker_parts(
+    engine: str,
+    *,
+    store: str | Callable[[], CallbackStore],
+    handlers: HandlerTable | Handler | str | None,
+    namespace: str,
+    options: ReceiverOptions | None,
+    changes: ReceiverArgs,
+) -> tuple[Callable[[], CallbackStore], HandlerTable, ReceiverOptions]:
+    """What a queue engine's worker task needs, from :func:`make_task`'s arguments: a function
+    opening the store, the handler table, and the checked options (sync mode only)."""
+    chosen = resolve(options, changes, who="make_task")
+    if chosen.mode != "sync":
+        raise ConfigurationError(f"the {engine} task runs each callback as it comes: mode='sync'")
+    if isinstance(handlers, str):
+        from runflow_callbacks.app import load_handler  # noqa: PLC0415 - only for a spec string
+
+        handlers = load_handler(handlers, flag="handlers")
+    table = handlers if isinstance(handlers, HandlerTable) else HandlerTable(handlers)
+    if not isinstance(store, str):
+        return store, table, chosen
+    url = store
+
+    def make_store() -> CallbackStore:
+        return open_store(url, namespace=namespace)
+
+    return make_store, table, chosen

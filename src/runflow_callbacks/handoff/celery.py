@@ -49,11 +49,9 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from runflow_callbacks.defaults import DEFAULT_NAMESPACE
 from runflow_callbacks.errors import ConfigurationError, StoreError, UnknownCallbackError
-from runflow_callbacks.handlers import HandlerTable
-from runflow_callbacks.handoff import HandOffError, QueueHandOff
-from runflow_callbacks.options import resolve
+from runflow_callbacks.handoff import HandOffError, QueueHandOff, worker_parts
 from runflow_callbacks.processing import CallbackProcessor
-from runflow_callbacks.stores import open_store, scrub
+from runflow_callbacks.stores import scrub
 
 try:
     import celery
@@ -69,7 +67,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from runflow_callbacks.answers import Outcome
-    from runflow_callbacks.handlers import Handler
+    from runflow_callbacks.handlers import Handler, HandlerTable
     from runflow_callbacks.options import ReceiverArgs, ReceiverOptions
     from runflow_callbacks.stores import CallbackStore
 
@@ -259,22 +257,14 @@ def make_task(
     >>> task.name, task.acks_late, task.reject_on_worker_lost
     ('runflow_callbacks.run_callback', True, True)
     """
-    chosen = resolve(options, changes, who="make_task")
-    if chosen.mode != "sync":
-        raise ConfigurationError("the Celery task runs each callback as it comes: mode='sync'")
-    if isinstance(handlers, str):
-        from runflow_callbacks.app import load_handler  # noqa: PLC0415 - only for a spec string
-
-        handlers = load_handler(handlers, flag="handlers")
-    table = handlers if isinstance(handlers, HandlerTable) else HandlerTable(handlers)
-    if isinstance(store, str):
-        url = store
-
-        def make_store() -> CallbackStore:
-            return open_store(url, namespace=namespace)
-
-    else:
-        make_store = store
+    make_store, table, chosen = worker_parts(
+        "Celery",
+        store=store,
+        handlers=handlers,
+        namespace=namespace,
+        options=options,
+        changes=changes,
+    )
     runtime = _WorkerRuntime(make_store, table, chosen)
     signals.worker_process_shutdown.connect(runtime.close, weak=False)
     signals.worker_shutdown.connect(runtime.close, weak=False)

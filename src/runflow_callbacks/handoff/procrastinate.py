@@ -41,11 +41,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from runflow_callbacks.defaults import DEFAULT_NAMESPACE
 from runflow_callbacks.errors import ConfigurationError, StoreError, UnknownCallbackError
-from runflow_callbacks.handlers import HandlerTable
-from runflow_callbacks.handoff import QUEUED_STATES, HandOffError
-from runflow_callbacks.options import resolve
+from runflow_callbacks.handoff import QUEUED_STATES, HandOffError, worker_parts
 from runflow_callbacks.processing import CallbackProcessor
-from runflow_callbacks.stores import open_store
 
 try:
     import procrastinate
@@ -65,7 +62,7 @@ if TYPE_CHECKING:
     from procrastinate.tasks import Task
     from typing_extensions import Unpack
 
-    from runflow_callbacks.handlers import Handler
+    from runflow_callbacks.handlers import Handler, HandlerTable
     from runflow_callbacks.options import ReceiverArgs, ReceiverOptions
     from runflow_callbacks.stores import Admission, CallbackStore, IncomingCallback
 
@@ -247,22 +244,14 @@ def make_task(
     None. The options of :class:`~runflow_callbacks.options.ReceiverOptions` (``lease``,
     ``handler_timeout``, ``max_tries``, ``backoff``, ``clock``...) apply to the runs.
     """
-    chosen = resolve(options, changes, who="make_task")
-    if chosen.mode != "sync":
-        raise ConfigurationError("the procrastinate task runs each callback as it comes")
-    if isinstance(handlers, str):
-        from runflow_callbacks.app import load_handler  # noqa: PLC0415 - only for a spec string
-
-        handlers = load_handler(handlers, flag="handlers")
-    table = handlers if isinstance(handlers, HandlerTable) else HandlerTable(handlers)
-    if isinstance(store, str):
-        url = store
-
-        def make_store() -> CallbackStore:
-            return open_store(url, namespace=namespace)
-
-    else:
-        make_store = store
+    make_store, table, chosen = worker_parts(
+        "procrastinate",
+        store=store,
+        handlers=handlers,
+        namespace=namespace,
+        options=options,
+        changes=changes,
+    )
     runtime = _Runtime(make_store, table, chosen)
 
     async def run_callback(key: str) -> str:
