@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from runflow_callbacks._log import log_outcome
 from runflow_callbacks._time import aware
+from runflow_callbacks._timers import Deadline, Later
 from runflow_callbacks.answers import Outcome, OutcomeStatus
 from runflow_callbacks.context import CallbackContext
 from runflow_callbacks.defaults import (
@@ -508,18 +509,27 @@ class CallbackProcessor:
         timeout = options.handler_timeout
         interval = options.lease.total_seconds() / 3
         # The heartbeat starts only once a third of the lease has passed: most handlers are
-        # done long before, and then no task is ever made for it.
+        # done long before, and then no task is ever made for it. Both timers are entries in
+        # the loop's shared sweeper (a dict insert and pop), and the handler runs in this task:
+        # no task and no timer handle per run, where wait_for would make both.
         heartbeat: list[asyncio.Future[None]] = []
-        started = asyncio.get_running_loop().call_later(
+        started = Later(
             interval,
             lambda: heartbeat.append(asyncio.ensure_future(self._heartbeat(key, token, interval))),
         )
+        deadline = None if timeout is None else Deadline(timeout.total_seconds())
         try:
-            await asyncio.wait_for(
-                self.handlers.call(entry, context),
-                None if timeout is None else timeout.total_seconds(),
-            )
+            await self.handlers.call(entry, context)
+        except asyncio.CancelledError:
+            if deadline is None or not deadline.expired:
+                raise
+            deadline.taken_back()
+            raise TimeoutError(
+                f"the handler ran longer than handler_timeout ({deadline.seconds:g} s)"
+            ) from None
         finally:
+            if deadline is not None:
+                deadline.cancel()
             started.cancel()
             for task in heartbeat:
                 task.cancel()

@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
-import sys
-import weakref
 from typing import TYPE_CHECKING, Final
 
 from runflow_callbacks._log import header_request_id, log_rejection
+from runflow_callbacks._timers import Deadline
 from runflow_callbacks.answers import rejection, send_answer, send_method_not_allowed
 from runflow_callbacks.context import STATE_KEY, CallbackContext
 from runflow_callbacks.defaults import DEFAULT_SIGNATURE_HEADER
@@ -352,92 +351,16 @@ async def _refuse(  # noqa: PLR0917 - the private tail of accept(), called twice
     await send_answer(send, status, content)
 
 
-class _Deadline:
-    """Cancels the current task once ``seconds`` have passed (the body deadline), unless
-    disarmed first: cheaper than ``asyncio.timeout`` or ``wait_for``, which make a task, and
-    than a timer per request. The deadlines of one event loop share one timer (a
-    :class:`_Sweeper`), set for the earliest of them."""
+class _Deadline(Deadline):
+    """The body deadline: a :class:`~runflow_callbacks._timers.Deadline` whose expiry is
+    answered 408."""
 
-    __slots__ = ("at", "expired", "seconds", "sweeper", "task")
-
-    def __init__(self, seconds: float) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.task = task
-        self.seconds = seconds
-        self.expired = False
-        self.sweeper = _Sweeper.of(asyncio.get_running_loop())
-        self.at = self.sweeper.arm(self, seconds)
-
-    def expire(self) -> None:
-        self.expired = True
-        self.task.cancel()
-
-    def cancel(self) -> None:
-        """Disarm (idempotent)."""
-        self.sweeper.pending.pop(self, None)
+    __slots__ = ()
 
     def error(self) -> RequestTimeoutError:
         """The timeout as our error, the cancellation it used taken back."""
-        if sys.version_info >= (3, 11):
-            self.task.uncancel()  # the cancellation was ours, not the caller's
+        self.taken_back()
         return RequestTimeoutError(timeout_s=self.seconds)
-
-
-class _Sweeper:
-    """The body deadlines of one event loop: a dict of those armed, and one timer handle for
-    the earliest. Arming and disarming a deadline is a dict insert and pop; the timer is set
-    again only when it fires (about once per timeout while requests keep arriving), or when a
-    shorter deadline than the one it waits for is armed."""
-
-    __slots__ = ("_at", "_handle", "loop", "pending")
-
-    _current: _Sweeper | None = None
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.pending: dict[_Deadline, None] = {}
-        self._handle: asyncio.TimerHandle | None = None
-        self._at = 0.0
-
-    @classmethod
-    def of(cls, loop: asyncio.AbstractEventLoop) -> _Sweeper:
-        """The sweeper of ``loop`` (the last one used is kept: one loop per process, usually)."""
-        current = cls._current
-        if current is None or current.loop is not loop:
-            current = _SWEEPERS.get(loop)
-            if current is None:
-                current = _SWEEPERS[loop] = cls(loop)
-            cls._current = current
-        return current
-
-    def arm(self, deadline: _Deadline, seconds: float) -> float:
-        at = self.loop.time() + seconds
-        self.pending[deadline] = None
-        if self._handle is None or at < self._at:
-            self._schedule(at)
-        return at
-
-    def _schedule(self, at: float) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self._at = at
-        self._handle = self.loop.call_at(at, self._sweep)
-
-    def _sweep(self) -> None:
-        self._handle = None
-        now = self.loop.time()
-        due = [deadline for deadline in self.pending if deadline.at <= now]
-        for deadline in due:
-            del self.pending[deadline]
-            deadline.expire()
-        if self.pending:
-            self._schedule(min(deadline.at for deadline in self.pending))
-
-
-_SWEEPERS: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeper]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 async def within(seconds: float, reading: Awaitable[bool]) -> bool:
