@@ -8,13 +8,12 @@ test is skipped, except when ``CI`` is true, where a missing server fails the ru
 
 from __future__ import annotations
 
-import os
 import uuid
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import pytest
 
-from servers import ServerUnavailable, postgres_server, redis_server
+from servers import ServerUnavailable, postgres_server, redis_server, unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -22,22 +21,11 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _unavailable(what: str, why: str) -> NoReturn:
-    message = f"{what} is not available: {why}"
-    if _in_ci():
-        pytest.fail(f"{message} (CI is set, so this fails instead of skipping)")
-    pytest.skip(message)
-
-
 def _serve(what: str, server: AbstractContextManager[str]) -> Iterator[str]:
     try:
         url = server.__enter__()
     except ServerUnavailable as exc:
-        _unavailable(what, str(exc))
+        unavailable(what, str(exc))
     try:
         yield url
     finally:

@@ -14,9 +14,25 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
+
+import pytest
 
 from runflow_callbacks.testing.server import free_port, wait_for_port
+
+
+def in_ci() -> bool:
+    """True when ``CI`` is set: a test that would skip for a missing service fails instead."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def unavailable(what: str, why: str) -> NoReturn:
+    """Skip the test because ``what`` is missing, locally; fail it in CI, which installs it."""
+    message = f"{what} is not available: {why}"
+    if in_ci():
+        pytest.fail(f"{message} (CI is set, so this fails instead of skipping)")
+    pytest.skip(message)
+
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

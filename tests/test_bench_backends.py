@@ -12,8 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import bench_backends
 
 from runflow_callbacks.stores import postgres, redis
-
-REDIS = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+from servers import unavailable
 
 
 def _earlier(tmp_path: Path) -> Path:
@@ -61,8 +60,10 @@ def test_the_serve_table_gives_ratios_per_round() -> None:
 
 
 @pytest.mark.redis
-@REDIS
+@pytest.mark.redis
 def test_a_tiny_before_and_after_run_on_redis(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server", "not on PATH")
     found = bench_backends.versions(_earlier(tmp_path))
     assert [version.name for version in found] == ["before", "after"]
     with bench_backends.store_server("redis", "fast") as server:

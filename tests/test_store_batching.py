@@ -24,7 +24,7 @@ from runflow_callbacks.stores import (
 )
 from runflow_callbacks.stores._batch import Batcher, Pending
 from runflow_callbacks.stores.memory import MemoryStore
-from servers import ServerUnavailable, postgres_cluster
+from servers import ServerUnavailable, postgres_cluster, unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -165,7 +165,6 @@ async def test_drain_waits_for_what_is_in_flight_and_queued() -> None:
 
 
 def test_redis_reads_each_calls_answer_out_of_a_transaction() -> None:
-    pytest.importorskip("redis")
     from redis.exceptions import ExecAbortError, RedisError, ResponseError
 
     from runflow_callbacks.stores.redis import _DISCARDED, _transaction_answers
@@ -574,7 +573,7 @@ def pg_cluster() -> Iterator[PostgresCluster]:
         with postgres_cluster() as cluster:
             yield cluster
     except ServerUnavailable as exc:
-        pytest.skip(f"a private PostgreSQL cluster is not available: {exc}")
+        unavailable("a private PostgreSQL cluster", str(exc))
 
 
 def _no_liveness_check(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ import select
 import sqlite3
 import traceback
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -20,7 +20,7 @@ from runflow_callbacks.errors import ConfigurationError, StoreError
 from runflow_callbacks.stores import Admission, IncomingCallback, mask_url, open_store
 from runflow_callbacks.stores.sqlite import SQLiteStore
 from runflow_callbacks.testing import free_port
-from servers import ServerUnavailable, postgres_cluster, redis_restartable
+from servers import ServerUnavailable, postgres_cluster, redis_restartable, unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -49,14 +49,6 @@ def incoming(key: str, *, event: str = "batch.succeeded") -> IncomingCallback:
         request_id="req-1",
         received_at=T0,
     )
-
-
-def _unavailable(what: str, why: str) -> NoReturn:
-    # As conftest.py does: skip locally, fail in CI (where the binaries are installed).
-    message = f"{what} is not available: {why}"
-    if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}:
-        pytest.fail(f"{message} (CI is set, so this fails instead of skipping)")
-    pytest.skip(message)
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
@@ -184,7 +176,7 @@ def restartable_redis() -> Iterator[RedisServer]:
         with redis_restartable() as server:
             yield server
     except ServerUnavailable as exc:
-        _unavailable("a private Redis server", str(exc))
+        unavailable("a private Redis server", str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +185,7 @@ def _cluster() -> Iterator[PostgresCluster]:
         with postgres_cluster() as cluster:
             yield cluster
     except ServerUnavailable as exc:
-        _unavailable("a private PostgreSQL cluster", str(exc))
+        unavailable("a private PostgreSQL cluster", str(exc))
 
 
 @pytest.fixture

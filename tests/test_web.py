@@ -31,6 +31,7 @@ from runflow_callbacks.stores import open_store
 from runflow_callbacks.testing import PayloadFactory, free_port, serve_in_thread, serve_process
 from runflow_callbacks.web import SIGN_IN_COOKIE, create_web_app, escape, is_loopback
 from runflow_callbacks.wire import dumps_payload
+from servers import unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -178,15 +179,8 @@ def serve() -> Iterator[Callable[..., str]]:
 # --- the browser -----------------------------------------------------------------------------
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _unavailable(why: str) -> NoReturn:
-    message = f"headless Chromium is not available: {why}"
-    if _in_ci():
-        pytest.fail(f"{message} (CI is set, so this fails instead of skipping)")
-    pytest.skip(message)
+    unavailable("headless Chromium", why)
 
 
 @pytest.fixture(scope="module")
