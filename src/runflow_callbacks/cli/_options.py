@@ -33,6 +33,7 @@ __all__ = [
     "read_option",
     "server_bounds",
     "span",
+    "whole_number",
 ]
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -110,7 +111,8 @@ def _count(text: str, *, zero: bool) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0 or (value == 0 and not zero):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+        wanted = "0 or more" if zero else "a positive number"
+        raise argparse.ArgumentTypeError(f"{text!r} must be {wanted}")
     return value
 
 
@@ -120,6 +122,11 @@ def _positive(text: str) -> int:
 
 def _positive_or_zero(text: str) -> int:
     return _count(text, zero=True)  # 0: never (None once read)
+
+
+def whole_number(text: str) -> int:
+    """A count of 0 or more, as a flag reads it (``--keep-rejected``...)."""
+    return _count(text, zero=True)
 
 
 def _boolean(text: str) -> bool:

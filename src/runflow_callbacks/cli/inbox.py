@@ -46,7 +46,7 @@ from runflow_callbacks.cli._options import moment, span
 from runflow_callbacks.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping, Sequence
     from datetime import datetime
 
     from runflow_callbacks.stores import CallbackStore, RejectedRequest, State, StoredCallback
@@ -316,11 +316,28 @@ def run_inbox_list(args: argparse.Namespace) -> int:
         )
         for record in records
     ]
+    _print_table(rows)
+    return 0
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell; the last one (a key or an id) is never padded."""
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[-1]]))
-    return 0
+
+
+def _print_detail(
+    fields: Mapping[str, object], headers: Mapping[str, str], body: str, *, width: int
+) -> None:
+    """One record in full: its fields, its headers (every value escaped), then its body."""
+    for name, value in fields.items():
+        print(f"{name + ':':<{width}}{'' if value is None else shown(str(value))}")
+    for name, value in headers.items():
+        print(f"{'header:':<{width}}{shown(name)}: {shown(value)}")
+    print()
+    print(body)
 
 
 def run_inbox_show(args: argparse.Namespace) -> int:
@@ -336,12 +353,7 @@ def run_inbox_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**record.to_json(), "headers": dict(record.headers), "body": body}))
         return 0
-    for name, value in record.to_json().items():
-        print(f"{name + ':':<18}{'' if value is None else shown(str(value))}")
-    for name, value in record.headers.items():
-        print(f"{'header:':<18}{shown(name)}: {shown(value)}")
-    print()
-    print(body)
+    _print_detail(record.to_json(), record.headers, body, width=18)
     return 0
 
 
@@ -503,12 +515,8 @@ def run_inbox_rejected(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(request.to_json(body=True)))
             return 0
-        for name, value in request.to_json().items():
-            print(f"{name + ':':<14}{'' if value is None else shown(str(value))}")
-        for name, value in request.headers.items():
-            print(f"{'header:':<14}{shown(name)}: {shown(value)}")
-        print()
-        print(request.body.decode("utf-8", errors="replace"))
+        body = request.body.decode("utf-8", errors="replace")
+        _print_detail(request.to_json(), request.headers, body, width=14)
         return 0
     if args.json:
         print(json.dumps([request.to_json() for request in requests], indent=2))
@@ -528,10 +536,7 @@ def run_inbox_rejected(args: argparse.Namespace) -> int:
         )
         for request in requests
     ]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        print("  ".join([*cells, row[-1]]))
+    _print_table(rows)
     return 0
 
 

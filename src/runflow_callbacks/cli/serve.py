@@ -44,6 +44,7 @@ from runflow_callbacks.cli._options import (
     options_from_args,
     server_bounds,
     span,
+    whole_number,
 )
 from runflow_callbacks.defaults import (
     DEFAULT_CALLBACK_PATH,
@@ -303,7 +304,7 @@ def _add_operation_options(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--keep-rejected",
-        type=_count,
+        type=whole_number,
         default=os.environ.get(ENV_PREFIX + "KEEP_REJECTED", "0"),
         metavar="N",
         help="keep the last N rejected requests in the store, for 'inbox rejected' and "
@@ -311,23 +312,13 @@ def _add_operation_options(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--keep-rejected-bytes",
-        type=_count,
+        type=whole_number,
         default=os.environ.get(ENV_PREFIX + "KEEP_REJECTED_BYTES", "16777216"),
         metavar="N",
         help="the most body bytes kept over all kept rejected requests, each getting N / "
         "--keep-rejected of them (a body cut shorter is shown, never replayed; default: "
         f"${ENV_PREFIX}KEEP_REJECTED_BYTES, else 16 MiB)",
     )
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
 
 
 def _check_then_serve(args: argparse.Namespace) -> int:
@@ -521,7 +512,7 @@ def _setting(key: str, setting: Setting) -> Any:
         if key in {"retention", "tombstone_retention"}:
             return span(str(value))
         if key in {"keep_rejected", "keep_rejected_bytes", "max_connections"}:
-            return _count(str(value))
+            return whole_number(str(value))
     except argparse.ArgumentTypeError as error:
         raise ConfigurationError(f"{setting.where}: {error}") from None
     if key in _CHOICES and value not in _CHOICES[key]:
