@@ -547,6 +547,31 @@ def check_prunable(states: object) -> tuple[State, ...]:
     return chosen
 
 
+def check_prune(
+    before: datetime, now: datetime, states: object, tombstones_before: datetime | None
+) -> tuple[datetime, datetime, tuple[State, ...], datetime | None]:
+    """``prune``'s arguments checked: the times aware (in UTC), the states prunable."""
+    return (
+        aware(before, name="before"),
+        aware(now),
+        check_prunable(states),
+        None if tombstones_before is None else aware(tombstones_before, name="tombstones_before"),
+    )
+
+
+#: The largest id a store gives a kept rejected request (a signed 64-bit integer).
+_MAX_REJECTED_ID: Final = 2**63 - 1
+
+
+def rejected_id(request_id: object) -> int | None:
+    """The number a kept rejected request's id names, or None for any id no store gives: not
+    written exactly as ``str(int)`` writes it, or outside 1 to 2**63 - 1."""
+    if not isinstance(request_id, str) or not request_id.isascii() or not request_id.isdigit():
+        return None
+    number = int(request_id)
+    return number if str(number) == request_id and 0 < number <= _MAX_REJECTED_ID else None
+
+
 def check_window(since: datetime | None, until: datetime | None) -> None:
     """``since`` and ``until`` must be aware datetimes (``since`` before ``until``)."""
     if since is not None:

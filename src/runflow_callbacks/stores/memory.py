@@ -20,7 +20,7 @@ from runflow_callbacks.stores import (
     aware,
     check_lease,
     check_limit,
-    check_prunable,
+    check_prune,
     check_state,
     check_window,
 )
@@ -288,10 +288,7 @@ class MemoryStore(StoreBase):
         tombstones_before: datetime | None = None,
     ) -> Pruned:
         self._check_open()
-        before, now = aware(before, name="before"), aware(now)
-        if tombstones_before is not None:
-            tombstones_before = aware(tombstones_before, name="tombstones_before")
-        chosen = check_prunable(states)
+        before, now, chosen, tombstones_before = check_prune(before, now, states, tombstones_before)
         await asyncio.sleep(0)
         pruned = removed = 0
         for key, record in list(self._records.items()):

@@ -63,10 +63,11 @@ from runflow_callbacks.stores import (
     check_lease,
     check_limit,
     check_namespace,
-    check_prunable,
+    check_prune,
     check_state,
     check_window,
     mask_url,
+    rejected_id,
     scrub,
 )
 from runflow_callbacks.stores._batch import Batcher, Pending
@@ -258,7 +259,6 @@ def _to_record(row: dict[str, Any]) -> StoredCallback:
 _REJECTED_FIELDS: Final = (
     "id, received_at, reason, path, headers, body, body_bytes, replayed_at, replayed_key"
 )
-_MAX_ID: Final = 2**63 - 1  # bigint
 
 
 def _to_rejected(row: dict[str, Any]) -> RejectedRequest:
@@ -278,15 +278,6 @@ def _to_rejected(row: dict[str, Any]) -> RejectedRequest:
         replayed_at=_utc(row["replayed_at"]),
         replayed_key=from_postgres(row["replayed_key"]),
     )
-
-
-def _rejected_id(request_id: object) -> int | None:
-    """The number of a kept request's id, or None for anything ``keep_rejected`` never gave
-    (not a decimal number as ``str(int)`` writes it, or beyond ``bigint``)."""
-    if not isinstance(request_id, str) or not request_id.isascii() or not request_id.isdigit():
-        return None
-    number = int(request_id)
-    return number if str(number) == request_id and 0 < number <= _MAX_ID else None
 
 
 def _text_params(incoming: IncomingCallback) -> dict[str, Any]:
@@ -910,10 +901,8 @@ class PostgresStore(StoreBase):
         states: Collection[State] = PRUNABLE_STATES,
         tombstones_before: datetime | None = None,
     ) -> Pruned:
-        before, now = aware(before, name="before"), aware(now)
-        if tombstones_before is not None:
-            tombstones_before = aware(tombstones_before, name="tombstones_before")
-        chosen = list(check_prunable(states))
+        before, now, states, tombstones_before = check_prune(before, now, states, tombstones_before)
+        chosen = list(states)
         # One statement, so one snapshot: the DELETE sees only the tombstones made before this
         # call, never the ones its UPDATE makes (the two take disjoint rows). Each reads its
         # own partial index (the literal state list lets the planner match _prunable's).
@@ -991,7 +980,7 @@ class PostgresStore(StoreBase):
         return [_to_rejected(row) for row in rows]
 
     async def get_rejected(self, request_id: str) -> RejectedRequest | None:
-        number = _rejected_id(request_id)
+        number = rejected_id(request_id)
         if number is None:
             return None
         rows = await self._fetch(
@@ -1006,7 +995,7 @@ class PostgresStore(StoreBase):
 
     async def mark_replayed(self, request_id: str, *, key: str, now: datetime) -> bool:
         now = aware(now)
-        number = _rejected_id(request_id)
+        number = rejected_id(request_id)
         if number is None:
             return False
         query = self._q("UPDATE {rejected} SET replayed_at = %s, replayed_key = %s WHERE id = %s")

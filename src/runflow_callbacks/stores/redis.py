@@ -49,7 +49,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import json
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -71,10 +70,11 @@ from runflow_callbacks.stores import (
     check_lease,
     check_limit,
     check_namespace,
-    check_prunable,
+    check_prune,
     check_state,
     check_window,
     mask_url,
+    rejected_id,
     scrub,
 )
 from runflow_callbacks.stores._batch import Batcher, Pending
@@ -453,7 +453,6 @@ _COLUMNS: Final = (
     *("next_attempt_at", "lease_expires_at", "processed_at", "updated_at", "pruned_at"),
 )
 #: A kept rejected request's id as the store gives it: a positive integer, in its own form.
-_REJECTED_ID: Final = re.compile(r"[1-9][0-9]{0,17}")
 
 
 def _moment(value: str | None) -> datetime | None:
@@ -1001,10 +1000,7 @@ class RedisStore(StoreBase):
         states: Collection[State] = PRUNABLE_STATES,
         tombstones_before: datetime | None = None,
     ) -> Pruned:
-        before, now = aware(before, name="before"), aware(now)
-        if tombstones_before is not None:
-            tombstones_before = aware(tombstones_before, name="tombstones_before")
-        chosen = check_prunable(states)
+        before, now, chosen, tombstones_before = check_prune(before, now, states, tombstones_before)
         removed = 0
         # Old tombstones first, then the new ones: a callback pruned now is not removed now.
         if tombstones_before is not None:
@@ -1068,7 +1064,7 @@ class RedisStore(StoreBase):
         ]
 
     async def get_rejected(self, request_id: str) -> RejectedRequest | None:
-        if not _REJECTED_ID.fullmatch(request_id):
+        if rejected_id(request_id) is None:
             return None  # no id the store gives
         flat = await self._call(
             lambda: self._client.execute_command("HGETALL", self._rejected_prefix + request_id),
@@ -1078,7 +1074,7 @@ class RedisStore(StoreBase):
 
     async def mark_replayed(self, request_id: str, *, key: str, now: datetime) -> bool:
         now = aware(now)
-        if not _REJECTED_ID.fullmatch(request_id):
+        if rejected_id(request_id) is None:
             return False
         answer = await self._script(
             "mark_replayed", [self._rejected_prefix + request_id], [to_us(now), key]

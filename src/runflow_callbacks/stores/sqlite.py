@@ -72,9 +72,10 @@ from runflow_callbacks.stores import (
     check_lease,
     check_limit,
     check_namespace,
-    check_prunable,
+    check_prune,
     check_state,
     check_window,
+    rejected_id,
 )
 from runflow_callbacks.stores._state import (
     as_claimed,
@@ -143,7 +144,6 @@ _SIDE_BODY_BYTES: Final = 4096
 _BLOB_CHUNK: Final = 1024 * 1024
 _BLOBOPEN: Final = sys.version_info >= (3, 11)
 # The largest id SQLite's INTEGER PRIMARY KEY holds: a longer string is no id of ours.
-_MAX_ID: Final = 2**63 - 1
 _INSERT: Final = (
     "INSERT INTO {table} (" + _COLUMNS + ") VALUES (:key, :kind, :subject_id, :event, :body,"  # noqa: S608 - {table} is a checked namespace
     " :headers, :secret_id, :secret_label, :request_id, :received_at, :source, :state,"
@@ -243,14 +243,6 @@ def _to_rejected(row: sqlite3.Row) -> RejectedRequest:
 def _aside(body: bytes) -> bool:
     """Whether ``body`` is kept in the side table rather than in its row."""
     return not body or len(body) >= _SIDE_BODY_BYTES
-
-
-def _rejected_id(request_id: object) -> int | None:
-    """The row id a kept request's id names: its decimal form exactly, else None (unknown)."""
-    if not isinstance(request_id, str) or not request_id.isascii() or not request_id.isdigit():
-        return None
-    number = int(request_id)
-    return number if str(number) == request_id and 0 < number <= _MAX_ID else None
 
 
 def _result_code(error: sqlite3.Error) -> int | None:
@@ -923,13 +915,9 @@ class SQLiteStore(StoreBase):
         states: Collection[State] = PRUNABLE_STATES,
         tombstones_before: datetime | None = None,
     ) -> Pruned:
-        before_us, now_us = to_us(aware(before, name="before")), to_us(aware(now))
-        horizon = (
-            None
-            if tombstones_before is None
-            else to_us(aware(tombstones_before, name="tombstones_before"))
-        )
-        chosen = check_prunable(states)
+        before, now, chosen, tombstones_before = check_prune(before, now, states, tombstones_before)
+        before_us, now_us = to_us(before), to_us(now)
+        horizon = None if tombstones_before is None else to_us(tombstones_before)
         table = self.namespace
         # Each walks its partial index over updated_at, so that it reads only the rows it
         # changes: its WHERE starts with the index's condition, as written there, and INDEXED
@@ -1019,7 +1007,7 @@ class SQLiteStore(StoreBase):
         return await self._read(work)
 
     async def get_rejected(self, request_id: str) -> RejectedRequest | None:
-        number = _rejected_id(request_id)
+        number = rejected_id(request_id)
         sql = (
             f"SELECT {_REJECTED_COLUMNS} FROM {self.namespace}_rejected"  # noqa: S608 - checked
             " WHERE id = ?"
@@ -1035,7 +1023,7 @@ class SQLiteStore(StoreBase):
 
     async def mark_replayed(self, request_id: str, *, key: str, now: datetime) -> bool:
         now_us = to_us(aware(now))
-        number = _rejected_id(request_id)
+        number = rejected_id(request_id)
         sql = (
             f"UPDATE {self.namespace}_rejected SET replayed_at = ?, replayed_key = ?"  # noqa: S608
             " WHERE id = ?"
