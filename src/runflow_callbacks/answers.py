@@ -54,7 +54,7 @@ from runflow_callbacks.errors import (
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from starlette.types import Send
+    from starlette.types import Receive, Send
 
 __all__ = [
     "ANSWERS",
@@ -64,6 +64,7 @@ __all__ = [
     "rejection",
     "send_answer",
     "send_method_not_allowed",
+    "serve_lifespan",
 ]
 
 OutcomeStatus = Literal[
@@ -204,6 +205,18 @@ METHOD_NOT_ALLOWED: Final = {
 _METHOD_NOT_ALLOWED_BODY: Final = _encode(METHOD_NOT_ALLOWED)
 _ALLOW_POST: Final = ((b"allow", b"POST"),)
 _JSON: Final = (b"content-type", b"application/json")
+
+
+async def serve_lifespan(receive: Receive, send: Send) -> None:
+    """Answer an ASGI lifespan's startup and shutdown (the caller's block around it is the
+    application's lifetime); returns after shutdown."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 async def send_answer(

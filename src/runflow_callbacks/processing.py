@@ -372,18 +372,13 @@ class CallbackProcessor:
         when the store is briefly unreachable (the error is logged). Several workers, in one or
         many replicas, may share a store: each callback is claimed by one of them.
         """
-        interval = (poll_interval or self.options.poll_interval).total_seconds()
-        size = batch_size or self.options.worker_batch_size
-        while not stop.is_set():
-            self._wakeup.clear()
-            try:
-                outcomes = await self.run_due(limit=size)
-            except RunflowCallbackError as error:
-                logger.warning("inbox worker: store unavailable (%s)", error)
-                outcomes = []
-            if len(outcomes) >= size:
-                continue  # more may be due right now
-            await _wait_any(stop, self._wakeup, wait_seconds=interval)
+        await work_until(
+            stop,
+            self._wakeup,
+            self.run_due,
+            interval=(poll_interval or self.options.poll_interval).total_seconds(),
+            size=batch_size or self.options.worker_batch_size,
+        )
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -573,6 +568,29 @@ def _error_text(error: BaseException, *, max_chars: int = 2000) -> str:
     """How a handler error is kept: its type and message, bounded in size."""
     text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+async def work_until(
+    stop: asyncio.Event,
+    wakeup: asyncio.Event,
+    run_due: Callable[..., Awaitable[list[Outcome]]],
+    *,
+    interval: float,
+    size: int,
+) -> None:
+    """The inbox worker's loop: ``run_due(limit=size)`` until ``stop`` is set, again at once
+    while a pass finds a full batch, else after ``interval`` seconds or a ``wakeup``; a store
+    briefly unreachable is logged and tried again."""
+    while not stop.is_set():
+        wakeup.clear()
+        try:
+            outcomes = await run_due(limit=size)
+        except RunflowCallbackError as error:
+            logger.warning("inbox worker: store unavailable (%s)", error)
+            outcomes = []
+        if len(outcomes) >= size:
+            continue  # more may be due right now
+        await _wait_any(stop, wakeup, wait_seconds=interval)
 
 
 async def _wait_any(*events: asyncio.Event, wait_seconds: float) -> None:

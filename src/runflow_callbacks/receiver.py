@@ -46,7 +46,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final, overload
 
 from runflow_callbacks._log import log_outcome
-from runflow_callbacks.answers import ANSWERS, Outcome, send_answer
+from runflow_callbacks.answers import ANSWERS, Outcome, send_answer, serve_lifespan
 from runflow_callbacks.context import existing_callback
 from runflow_callbacks.errors import ConfigurationError, StoreError
 from runflow_callbacks.handlers import Handler, HandlerTable
@@ -435,12 +435,6 @@ class CallbackReceiver(ReaderView):
         """Lifespan runs the worker (the receiver can be the whole app); websockets are refused."""
         if scope["type"] == "lifespan":
             async with self.worker(), self._flushing():
-                while True:
-                    message = await receive()
-                    if message["type"] == "lifespan.startup":
-                        await send({"type": "lifespan.startup.complete"})
-                    elif message["type"] == "lifespan.shutdown":
-                        await send({"type": "lifespan.shutdown.complete"})
-                        return
+                await serve_lifespan(receive, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})

@@ -44,10 +44,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from runflow_callbacks.answers import Outcome, send_answer
-from runflow_callbacks.errors import ConfigurationError, RunflowCallbackError
+from runflow_callbacks.answers import Outcome, send_answer, serve_lifespan
+from runflow_callbacks.errors import ConfigurationError
 from runflow_callbacks.keys import bounded, check_key, default_key
 from runflow_callbacks.options import ReceiverOptions, resolve
+from runflow_callbacks.processing import work_until
 from runflow_callbacks.reader import UnverifiedBudget
 from runflow_callbacks.receiver import CallbackReceiver
 from runflow_callbacks.rejected import DEFAULT_KEEP_REJECTED_BYTES
@@ -340,23 +341,13 @@ class CallbackRouter:
     async def run_worker(self, *, stop: asyncio.Event) -> None:
         """Run due callbacks until ``stop`` is set, as
         :meth:`~runflow_callbacks.processing.CallbackProcessor.run_worker` does."""
-        interval = self.options.poll_interval.total_seconds()
-        size = self.options.worker_batch_size
-        while not stop.is_set():
-            self._wakeup.clear()
-            try:
-                outcomes = await self.run_due(limit=size)
-            except RunflowCallbackError as error:
-                logger.warning("inbox worker: store unavailable (%s)", error)
-                outcomes = []
-            if len(outcomes) >= size:
-                continue
-            waits = [asyncio.ensure_future(event.wait()) for event in (stop, self._wakeup)]
-            _, pending = await asyncio.wait(
-                waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED
-            )
-            for waiting in pending:
-                waiting.cancel()
+        await work_until(
+            stop,
+            self._wakeup,
+            self.run_due,
+            interval=self.options.poll_interval.total_seconds(),
+            size=self.options.worker_batch_size,
+        )
 
     @contextlib.asynccontextmanager
     async def worker(self) -> AsyncIterator[None]:
@@ -394,13 +385,7 @@ class CallbackRouter:
             await receiver(scope, receive, send)
         elif scope["type"] == "lifespan":
             async with self.worker():
-                while True:
-                    message = await receive()
-                    if message["type"] == "lifespan.startup":
-                        await send({"type": "lifespan.startup.complete"})
-                    elif message["type"] == "lifespan.shutdown":
-                        await send({"type": "lifespan.shutdown.complete"})
-                        return
+                await serve_lifespan(receive, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
 
