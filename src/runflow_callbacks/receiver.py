@@ -288,21 +288,25 @@ class CallbackReceiver(ReaderView):
             self._saving = asyncio.create_task(self._save_rejections())
 
     async def _save_rejections(self) -> None:
+        store, keeper = self.store, self.keeper
         count, self._unsaved = self._unsaved, 0
-        kept = [] if self.keeper is None else self.keeper.take()
+        kept = [] if keeper is None else keeper.take()
         self._saved_at = time.monotonic()
         try:
-            if count and self.store is not None:
-                await self.store.note_rejected(count)
-            count = 0
-            if kept and self.store is not None and self.keeper is not None:
-                await self.store.keep_rejected(kept, keep=self.keeper.keep)
+            if store is not None and count:
+                await store.note_rejected(count)
+                count = 0
+            if store is not None and keeper is not None and kept:
+                await store.keep_rejected(kept, keep=keeper.keep)
         except StoreError as store_error:
-            self._unsaved += count  # kept for the next write
-            if self.keeper is not None:
-                self.keeper.give_back(kept)
+            self._unsaved += count  # what was not written goes with the next write
+            if keeper is not None:
+                keeper.give_back(kept)
             logger.warning(
-                "could not save %d rejected callbacks: %s", count or len(kept), store_error
+                "could not save the rejected requests (%d counted, %d kept): %s",
+                count,
+                len(kept),
+                store_error,
             )
         finally:
             self._saving = None
